@@ -1,0 +1,87 @@
+"""Segmentation settings as data: one frozen dataclass, presets per benchmark, a stable hash.
+
+The presets carry the reference implementation's thresholds and window geometry
+(ALGORITHM.md section 5). Every field can be overridden; the hash of the settings is part of
+the key that decides whether an image's outputs are up to date.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Variant = Literal["maskclip", "sclip", "clearclip", "naclip", "vanilla"]
+Protocol = Literal["freecp", "original"]
+ScFormula = Literal["half-dice", "soft-iou"]
+PurifyScope = Literal["window", "image"]
+
+VARIANTS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "vanilla")
+PROTOCOLS: tuple[str, ...] = ("freecp", "original")
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Everything that changes a label map, besides the model and the text embeddings."""
+
+    variant: Variant = "sclip"
+    protocol: Protocol = "freecp"
+    short_side: int = 448          # resize so the short side is this (long side capped at 2048)
+    window: int = 384              # sliding-window crop size in pixels
+    stride: int = 112              # sliding-window stride in pixels
+    purify: bool = True            # False: plain baseline (CAM argmax, no refinement)
+    redundancy: bool = True        # run redundancy purification (RP)
+    ambiguity: bool = True         # run ambiguity purification (AP)
+    rp_threshold: float = 0.15     # keep class iff its self-consistency score > this
+    ap_threshold: float = 0.8      # two classes are ambiguous iff soft IoU >= this
+    sc_formula: ScFormula = "half-dice"
+    scope: PurifyScope = "window"  # decide classes per window (reference) or once per image
+    box_threshold: float = 0.4     # boxes from maps thresholded at this fraction of the max
+    crop_size: int = 112           # AP crops are resized to this square
+    window_batch: int = 16         # windows per backbone call
+    max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose freecp or original")
+        if self.sc_formula not in ("half-dice", "soft-iou"):
+            raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
+        if self.scope not in ("window", "image"):
+            raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
+        if not 0 < self.stride <= self.window:
+            raise ValueError("stride must be positive and at most the window size")
+
+    def replace(self, **changes: Any) -> "SegmentSettings":
+        """A copy with some fields changed; ``None`` values are ignored (unset CLI options)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the fields that change outputs (batching and the pixel guard do not)."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in ("window_batch", "max_pixels")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Reference thresholds and geometry per benchmark vocabulary (ALGORITHM.md section 5).
+PRESETS: dict[str, dict[str, Any]] = {
+    "voc21": dict(rp_threshold=0.15, ap_threshold=0.8),
+    "context60": dict(rp_threshold=0.10, ap_threshold=0.7),
+    "coco_object": dict(rp_threshold=0.15, ap_threshold=0.8),
+    "voc20": dict(rp_threshold=0.15, ap_threshold=0.7),
+    "context59": dict(rp_threshold=0.10, ap_threshold=0.7),
+    "coco_stuff": dict(rp_threshold=0.05, ap_threshold=0.7),
+    "ade150": dict(rp_threshold=0.05, ap_threshold=0.7),
+    "cityscapes": dict(rp_threshold=0.10, ap_threshold=0.8, short_side=560, window=224, stride=112),
+}
+
+
+def settings_for(vocab_name: str, **overrides: Any) -> SegmentSettings:
+    """The preset for a benchmark vocabulary (defaults for any other), with overrides applied."""
+    return SegmentSettings(**PRESETS.get(vocab_name, {})).replace(**overrides)

@@ -1,0 +1,107 @@
+"""One filesystem layer for every store: a local directory or an ``s3://`` bucket.
+
+Both the description cache and the embedding store go through ``StoreRoot`` so that reading,
+writing and listing behave the same everywhere. S3 credentials and endpoint come from the
+standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``); they are never written to a store or a log.
+
+Atomicity: a local write goes to a hidden temporary name in the same directory and is renamed
+into place; an S3 PUT is atomic per object, so readers see either nothing or the whole file.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+TEMP_PREFIX = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be reached or read; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    """A filesystem and a base path inside it; every store path is relative to the base."""
+
+    fs: pafs.FileSystem
+    base: str
+    url: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        for part in parts:
+            if part.startswith("/") or ".." in part.split("/"):
+                raise StoreError(f"refusing store path {part!r}: it would leave the store root")
+        return posixpath.join(self.base, *parts)
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Write a whole file atomically (see module docstring)."""
+        target = self.path(relative)
+        parent = posixpath.dirname(target)
+        self.fs.create_dir(parent, recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+            return
+        temp = posixpath.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        with self.fs.open_output_stream(temp) as out:
+            out.write(data)
+        self.fs.move(temp, target)
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relative)) as stream:
+            return stream.read()
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type == pafs.FileType.File
+
+    def list_files(self, relative: str = "", suffix: str = "") -> list[str]:
+        """Finished files below ``relative`` (temporary files of running writers are skipped),
+        as paths relative to the root, sorted."""
+        selector = pafs.FileSelector(self.path(relative) if relative else self.base,
+                                     recursive=True, allow_not_found=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            name = posixpath.basename(info.path)
+            if info.type != pafs.FileType.File or name.startswith(TEMP_PREFIX) or not name.endswith(suffix):
+                continue
+            found.append(posixpath.relpath(info.path, self.base))
+        return sorted(found)
+
+    def delete(self, relative: str) -> None:
+        self.fs.delete_file(self.path(relative))
+
+
+def open_root(url: str | Path) -> StoreRoot:
+    """Open a store root from a local path or an ``s3://bucket/prefix`` URL."""
+    text = str(url)
+    parsed = urlparse(text)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"{text!r}: an s3 URL needs a bucket, as in s3://bucket/prefix")
+        fs = pafs.S3FileSystem(
+            endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
+            region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        )
+        base = posixpath.join(parsed.netloc, parsed.path.strip("/")).rstrip("/")
+        try:
+            fs.get_file_info(parsed.netloc)
+        except OSError as err:
+            raise StoreError(f"cannot reach {text}: {err}") from None
+        return StoreRoot(fs=fs, base=base, url=text)
+    if parsed.scheme not in ("", "file"):
+        raise StoreError(f"{text!r}: unsupported store URL; use a local path or s3://bucket/prefix")
+    local = Path(parsed.path if parsed.scheme == "file" else text).expanduser().resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    return StoreRoot(fs=pafs.LocalFileSystem(), base=local.as_posix(), url=str(local))
