@@ -1,0 +1,26 @@
+"""Class activation maps from dense patch features and text embeddings (ALGORITHM.md section 3)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def query_softmax(features: torch.Tensor, queries: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Per patch, the softmax over ALL queries (background names included): [..., Q]."""
+    return (logit_scale * features @ queries.T).softmax(dim=-1)
+
+
+def class_maps(probs: torch.Tensor, query_class: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Max over each class's queries (SCLIP's synonym rule): [B, h, w, Q] -> [B, K, h, w]."""
+    index = query_class.to(probs.device).expand_as(probs)
+    out = probs.new_zeros(*probs.shape[:-1], num_classes)
+    out = out.scatter_reduce(-1, index, probs, reduce="amax", include_self=False)
+    return out.permute(0, 3, 1, 2)
+
+
+def global_minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each window's whole [K, h, w] tensor with ONE min and max (reference)."""
+    flat = maps.flatten(1)
+    low = flat.min(dim=1).values[:, None, None, None]
+    high = flat.max(dim=1).values[:, None, None, None]
+    return (maps - low) / (high - low).clamp_min(1e-8)

@@ -1,0 +1,301 @@
+"""The object a user holds: built once from a backbone and text embeddings, then ``segment(image)``.
+
+One call runs the whole method on one image (ALGORITHM.md sections 2-6):
+resize and normalise -> sliding windows -> one batched dense forward (attention captured) ->
+CAM -> refinement -> redundancy purification -> ambiguity purification (crops of all groups in
+one batch) -> composition of the surviving maps -> label map at the original size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from freecp.cam import class_maps, global_minmax, query_softmax
+from freecp.clip.text import ClassEmbeddings
+from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
+from freecp.refine import affinity_transition, refine
+from freecp.settings import SegmentSettings
+from freecp.vocab import Vocabulary
+
+CLIP_MEAN = torch.tensor([122.771, 116.746, 104.094]).view(3, 1, 1)
+CLIP_STD = torch.tensor([68.501, 66.632, 70.323]).view(3, 1, 1)
+MAX_LONG_SIDE = 2048
+COMPOSE_CHUNK = 32  # classes composed at full resolution at a time (bounds memory for big vocabularies)
+
+
+@dataclass
+class PurificationReport:
+    """What purification decided for one image, for people to read and records to store."""
+
+    rp_scores: dict[str, float]       # per foreground class: best self-consistency over windows
+    kept: list[str]                   # survived redundancy purification somewhere
+    removed: list[str]                # purged by RP or AP everywhere: never in the output
+    groups: list[dict]                # ambiguity groups: members, boxes (pixels), winners, window
+    ap_targets: str                   # which text embeddings AP scored crops against
+    fallback_classes: list[str]       # classes AP had to score by class name (no descriptions)
+
+
+@dataclass
+class Segmentation:
+    """Result of ``Segmenter.segment``."""
+
+    labels: np.ndarray                # [H, W] int32, class index in vocabulary order
+    class_scores: np.ndarray          # [K] float32, each class's peak composed score
+    report: PurificationReport | None  # None when purification is off
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def classes_present(self, vocab: Vocabulary) -> list[str]:
+        return [vocab.classes[i].name for i in np.unique(self.labels) if i < len(vocab)]
+
+
+@dataclass
+class _Windows:
+    pixels: torch.Tensor              # [B, 3, wh, ww] normalised
+    origins: list[tuple[int, int]]    # (y0, x0) of each window in the resized image
+    size: tuple[int, int]             # resized image (H, W)
+
+
+class Segmenter:
+    """Dense CLIP segmentation with FreeCP purification. Build once; segment many images."""
+
+    def __init__(self, backbone, vocab: Vocabulary, embeddings: ClassEmbeddings,
+                 settings: SegmentSettings | None = None) -> None:
+        self.backbone = backbone
+        self.vocab = vocab
+        self.embeddings = embeddings
+        self.settings = settings or SegmentSettings()
+        if len(embeddings.query_class) != len(vocab.queries):
+            raise ValueError("text embeddings do not match the vocabulary's names")
+        self.foreground = torch.tensor(vocab.foreground_indices)
+        self.crop_targets = embeddings.crop_targets(len(vocab))
+        missing = [vocab.classes[k].name for k in vocab.foreground_indices
+                   if not bool(embeddings.described[k])]
+        self.fallback_classes = missing
+        if len(missing) == len(vocab.foreground_indices):
+            self.ap_targets = "class names (no description embeddings)"
+        elif missing:
+            self.ap_targets = f"descriptions; class names for {len(missing)} classes without any"
+        else:
+            self.ap_targets = "descriptions"
+
+    # ------------------------------------------------------------------ public
+    def segment(self, image: np.ndarray) -> Segmentation:
+        """Label an HxWx3 uint8 RGB image; the label map has the image's own size."""
+        timer = _StageTimer()
+        s = self.settings
+        with timer("input"):
+            windows = self._windows(self._preprocess(image))
+        with timer("backbone"):
+            outputs = [self.backbone.dense_forward(chunk) for chunk in windows.pixels.split(s.window_batch)]
+            features = torch.cat([o.features for o in outputs])
+            attention = torch.cat([o.attention for o in outputs])
+        with timer("cam"):
+            probs = query_softmax(features, self.embeddings.queries, self.backbone.logit_scale)
+            cams = class_maps(probs, self.embeddings.query_class, len(self.vocab))
+        if not s.purify:
+            with timer("compose"):
+                labels, scores = self._compose(cams, torch.arange(len(self.vocab)), windows,
+                                               image.shape[:2], background_from_max=False)
+            return Segmentation(labels, scores, None, timer.seconds)
+
+        fg_cams = cams[:, self.foreground]
+        with timer("refine"):
+            refined = refine(global_minmax(fg_cams), affinity_transition(attention), s.box_threshold)
+        with timer("rp"):
+            rp_scores, keep = self._redundancy(fg_cams, refined)
+            survivors = keep.any(dim=0)
+            maps = (refined * keep[:, :, None, None])[:, survivors]  # RP shrinks K for all that follows
+            classes = self.foreground[survivors]
+        groups: list[AmbiguityGroup] = []
+        if s.ambiguity and len(classes) > 1:
+            with timer("ap"):
+                if s.scope == "window":
+                    maps, groups = self._ambiguity_per_window(maps, classes, windows)
+                else:
+                    maps, groups = self._ambiguity_per_image(maps, classes, windows)
+        with timer("compose"):
+            labels, scores = self._compose(maps, classes, windows, image.shape[:2],
+                                           background_from_max=self.vocab.has_background)
+        alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
+        report = self._report(rp_scores, alive, groups)
+        return Segmentation(labels, scores, report, timer.seconds)
+
+    # ------------------------------------------------------------------ input
+    def _preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """Keep-ratio resize to (2048, S) as the reference, bilinear, then CLIP normalisation."""
+        h, w = image.shape[:2]
+        factor = min(MAX_LONG_SIDE / max(h, w), self.settings.short_side / min(h, w))
+        size = (int(h * factor + 0.5), int(w * factor + 0.5))
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None]
+        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)[0]
+        return (pixels - CLIP_MEAN) / CLIP_STD
+
+    def _windows(self, pixels: torch.Tensor) -> _Windows:
+        height, width = pixels.shape[-2:]
+        wh, ww = min(self.settings.window, height), min(self.settings.window, width)
+        origins = [(y, x) for y in _starts(height, wh, self.settings.stride)
+                   for x in _starts(width, ww, self.settings.stride)]
+        crops = torch.stack([pixels[:, y:y + wh, x:x + ww] for y, x in origins])
+        return _Windows(crops, origins, (height, width))
+
+    # ------------------------------------------------------------ purification
+    def _redundancy(self, cams: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RP scores [B, Kf] and the keep mask [B, Kf]; with image scope one decision per image."""
+        s = self.settings
+        flat_cam, flat_ref = cams.flatten(2), refined.flatten(2)
+        if s.scope == "image":  # pool the sums of all windows, then decide once
+            scores = self_consistency(flat_cam.transpose(0, 1).flatten(1), flat_ref.transpose(0, 1).flatten(1),
+                                      s.sc_formula)[None].expand(len(cams), -1)
+        else:
+            scores = self_consistency(flat_cam, flat_ref, s.sc_formula)
+        keep = scores > s.rp_threshold if s.redundancy else torch.ones_like(scores, dtype=torch.bool)
+        return scores, keep
+
+    def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor,
+                              windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
+        """Plan groups in every window, classify all their crops in one batch, zero the losers."""
+        s = self.settings
+        groups = []
+        for b in range(len(maps)):
+            alive = torch.nonzero(maps[b].flatten(1).amax(dim=1) > 0).flatten().tolist()
+            groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b)
+        crops = [self._crop(windows.pixels[g.scope], box) for g in groups for box in g.valid_boxes]
+        return self._settle(maps, classes, groups, crops), groups
+
+    def _ambiguity_per_image(self, maps: torch.Tensor, classes: torch.Tensor,
+                             windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
+        """Image-scope AP: one set of groups from the composed maps at patch resolution."""
+        s = self.settings
+        p = self.backbone.patch_size
+        height, width = windows.size
+        image_maps = self._canvas(maps, windows, (height // p, width // p))
+        groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold)
+        full = torch.zeros(3, height, width)
+        wh, ww = windows.pixels.shape[-2:]
+        for b, (y, x) in enumerate(windows.origins):
+            full[:, y:y + wh, x:x + ww] = windows.pixels[b]
+        crops = [self._crop(full, box) for g in groups for box in g.valid_boxes]
+        return self._settle(maps, classes, groups, crops), groups
+
+    def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
+                crops: list[torch.Tensor]) -> torch.Tensor:
+        """Re-classify all crops in one batch; zero each group's losers in its window (or all).
+
+        Group members arrive as indices into ``classes`` and leave as vocabulary indices.
+        """
+        if not groups:
+            return maps
+        for g in groups:
+            g.members = [int(classes[m]) for m in g.members]
+        embedded = self.backbone.encode_crops(torch.stack(crops)) if crops else self.crop_targets[:0]
+        resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale)
+        column = {int(c): i for i, c in enumerate(classes)}
+        maps = maps.clone()
+        per_image = self.settings.scope == "image"
+        for g in groups:
+            for loser in set(g.members) - set(g.winners):
+                if per_image:
+                    maps[:, column[loser]] = 0
+                else:
+                    maps[g.scope, column[loser]] = 0
+        return maps
+
+    def _crop(self, pixels: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        p = self.backbone.patch_size
+        x0, y0, x1, y1 = box
+        region = pixels[:, y0 * p:y1 * p, x0 * p:x1 * p][None]
+        size = (self.settings.crop_size, self.settings.crop_size)
+        return F.interpolate(region, size=size, mode="bilinear", align_corners=False)[0]
+
+    # ------------------------------------------------------------ composition
+    def _compose(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows,
+                 original: tuple[int, int], background_from_max: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Average window maps into the image, resize to the original size, take the argmax.
+
+        ``maps`` [B, C, h, w] belong to vocabulary indices ``classes``. With ``background_from_max``
+        the background (class 0) scores 1 - max over the classes. Classes are composed in chunks so
+        memory stays bounded for large vocabularies.
+        """
+        best = torch.full(original, -1.0)
+        label = torch.zeros(original, dtype=torch.long)
+        scores = np.zeros(len(self.vocab), dtype=np.float32)
+        for start in range(0, maps.shape[1], COMPOSE_CHUNK):
+            chunk = classes[start:start + COMPOSE_CHUNK]
+            composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original)
+            scores[chunk.numpy()] = composed.flatten(1).amax(1).numpy()
+            top, arg = composed.max(dim=0)
+            better = top > best
+            best = torch.where(better, top, best)
+            label = torch.where(better, chunk[arg], label)
+        if background_from_max:
+            background = 1 - best.clamp_min(0)
+            label = torch.where(background > best, torch.zeros_like(label), label)
+            scores[0] = float(background.max())
+        return label.to(torch.int32).numpy(), scores
+
+    def _canvas(self, maps: torch.Tensor, windows: _Windows, size: tuple[int, int]) -> torch.Tensor:
+        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``."""
+        height, width = windows.size
+        wh, ww = windows.pixels.shape[-2:]
+        upsampled = F.interpolate(maps, size=(wh, ww), mode="bilinear", align_corners=False)
+        canvas = torch.zeros(maps.shape[1], height, width)
+        count = torch.zeros(height, width)
+        for b, (y, x) in enumerate(windows.origins):
+            canvas[:, y:y + wh, x:x + ww] += upsampled[b]
+            count[y:y + wh, x:x + ww] += 1
+        canvas /= count
+        if (height, width) == tuple(size):
+            return canvas
+        return F.interpolate(canvas[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    # ---------------------------------------------------------------- report
+    def _report(self, rp_scores: torch.Tensor, alive: torch.Tensor,
+                groups: list[AmbiguityGroup]) -> PurificationReport:
+        names = self.vocab.class_names
+        fg = self.foreground.tolist()
+        best = rp_scores.max(dim=0).values
+        alive_set = set(alive.tolist())
+        rp_kept = (rp_scores > self.settings.rp_threshold).any(dim=0) if self.settings.redundancy \
+            else torch.ones(len(fg), dtype=torch.bool)
+        p = self.backbone.patch_size
+        return PurificationReport(
+            rp_scores={names[k]: round(float(best[i]), 6) for i, k in enumerate(fg)},
+            kept=[names[k] for i, k in enumerate(fg) if rp_kept[i]],
+            removed=[names[k] for k in fg if k not in alive_set],
+            groups=[{
+                "window": g.scope,
+                "members": [names[m] for m in g.members],
+                "boxes": [[v * p for v in b] for b in g.boxes],
+                "winners": [names[m] for m in g.winners],
+            } for g in groups],
+            ap_targets=self.ap_targets,
+            fallback_classes=self.fallback_classes,
+        )
+
+
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    """Window origins along one axis; the last window is shifted to end at the border."""
+    steps = max(size - window + stride - 1, 0) // stride + 1
+    return sorted({min(i * stride, size - window) for i in range(steps)})
+
+
+class _StageTimer:
+    """Accumulates wall time per named stage (for the report and the speed benchmark)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
