@@ -52,7 +52,8 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     def classes_present(self, vocab: Vocabulary) -> list[str]:
-        return [vocab.classes[i].name for i in np.unique(self.labels) if i < len(vocab)]
+        names = vocab.class_names
+        return [names[i] for i in np.unique(self.labels) if i < len(names)]
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Segmenter:
             raise ValueError("text embeddings do not match the vocabulary's names")
         self.foreground = torch.tensor(vocab.foreground_indices)
         self.crop_targets = embeddings.crop_targets(len(vocab))
-        missing = [vocab.classes[k].name for k in vocab.foreground_indices
+        missing = [vocab.class_names[k] for k in vocab.foreground_indices
                    if not bool(embeddings.described[k])]
         self.fallback_classes = missing
         if len(missing) == len(vocab.foreground_indices):

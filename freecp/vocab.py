@@ -53,7 +53,11 @@ class Vocabulary:
 
     @property
     def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
+        """Display names in label order; the background line shows as "background"."""
+        names = [c.name for c in self.classes]
+        if self.has_background:
+            names[0] = "background"
+        return names
 
     @property
     def foreground_indices(self) -> list[int]:
