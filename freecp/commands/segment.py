@@ -14,7 +14,7 @@ from rich.table import Table
 from freecp.settings import PROTOCOLS, VARIANTS
 
 DEFAULT_STORE = os.environ.get("FREECP_STORE", "cache/store")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def segment(
