@@ -1,7 +1,136 @@
-"""Placeholder until this command group is written."""
+"""``freecp encode`` (texts into an embedding store) and ``freecp store ls|inspect|compact``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from freecp.clip import WeightsUnavailableError
+from freecp.encoding import encode_vocabulary
+from freecp.stores.embeddings import EmbeddingStore
+from freecp.stores.fs import StoreError
+from freecp.vocab import load_vocabulary
+
+USER_ERRORS = (StoreError, WeightsUnavailableError, ValueError, OSError)
+
+StoreUrl = Annotated[str, typer.Argument(help="Store root: a local directory or s3://bucket/prefix.")]
+VocabArg = Annotated[str, typer.Argument(help="A shipped vocabulary name (voc21, ade150, ...) or a file.")]
+ModelKeyOpt = Annotated[Optional[str], typer.Option(
+    "--model-key", help="Only this model (as `freecp store ls` shows it, e.g. ViT-B-16/openai).")]
+
+store_app = typer.Typer(help="Look into and maintain an embedding store.", no_args_is_help=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn expected failures (bad input, unreachable store, missing weights) into one message."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _table(title: str, *headers: str) -> Table:
+    """A table whose cells wrap instead of being cut, so model keys can be copied from it."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def encode(
+    vocab: VocabArg,
+    store: Annotated[str, typer.Option(help="Embedding store root: a local directory or s3://bucket/prefix.")],
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-16",
+    pretrained: Annotated[str, typer.Option(help="Pretrained tag; `none` = random weights.")] = "openai",
+    clip_checkpoint: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
+    descriptions: Annotated[Optional[str], typer.Option(
+        help="Description cache URL; its descriptions of the classes are encoded too.")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass of the text tower.")] = 256,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Encode a vocabulary's class names (80 templates) and descriptions once into a store.
+
+    Only texts the store lacks are encoded; a class shared with another vocabulary is reused.
+    """
+    with _user_errors():
+        summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
+                                    clip_checkpoint=clip_checkpoint, descriptions=descriptions,
+                                    device=device, progress=progress, batch_size=batch_size)
+    typer.echo(summary.line())
+
+
+@store_app.command("ls")
+def store_ls(url: StoreUrl) -> None:
+    """List the models in a store (distinct texts per kind) and the vocabularies encoded for each."""
+    with _user_errors():
+        store = EmbeddingStore(url)
+        models = store.list_models()
+        vocabularies = store.list_vocabularies()
+    if not models:
+        typer.echo(f"{store.url}: no embeddings yet")
+        return
+    console = Console()
+    table = _table(f"models in {store.url}", "model", "dim", "class names", "descriptions",
+                   "description sets", "shards", "vocabularies")
+    for m in models:
+        table.add_row(m.model_key, str(m.dim), str(m.rows["class"]), str(m.rows["description"]),
+                      str(m.rows["description_mean"]), str(m.shards), str(m.vocabularies))
+    console.print(table)
+    table = _table("vocabularies", "model", "vocabulary", "hash", "classes", "names", "described", "written")
+    for v in vocabularies:
+        table.add_row(v.model_key, v.name, v.content_hash, str(v.classes), str(v.queries),
+                      str(v.described), v.written_at)
+    console.print(table)
+
+
+@store_app.command("inspect")
+def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None) -> None:
+    """Show a vocabulary's coverage per model: encoded names, classes with and without descriptions."""
+    with _user_errors():
+        store = EmbeddingStore(url)
+        vocabulary = load_vocabulary(vocab)
+        keys = [model_key] if model_key else [m.model_key for m in store.list_models()]
+        coverages = [store.inspect(vocabulary, key) for key in keys]
+    if not coverages:
+        typer.echo(f"{store.url}: no embeddings yet")
+        return
+    console = Console()
+    for cov in coverages:
+        status = "complete" if cov.complete else "INCOMPLETE: run `freecp encode`"
+        table = _table(f"{cov.vocabulary} ({cov.content_hash}) with {cov.model_key}: {status}",
+                       "#", "class", "names encoded", "descriptions")
+        foreground = set(vocabulary.foreground_indices)
+        for c in cov.classes:
+            if c.index not in foreground:
+                described = "background (no AP)"
+            else:
+                described = str(c.descriptions) if c.description_vector else "none (AP uses class names)"
+            table.add_row(str(c.index), ", ".join(c.names), f"{c.queries_present}/{len(c.names)}", described)
+        console.print(table)
+        console.print(f"foreground classes: {cov.described} with descriptions, "
+                      f"{len(foreground) - cov.described} without")
+
+
+@store_app.command("compact")
+def store_compact(url: StoreUrl, model_key: ModelKeyOpt = None) -> None:
+    """Merge each model's shards into one per kind (faster reads); safe while others use the store."""
+    with _user_errors():
+        merged = EmbeddingStore(url).compact(model_key)
+    for what, (shards, rows) in merged.items():
+        typer.echo(f"{what}: {shards} shards -> 1 ({rows} rows)")
+    if not merged:
+        typer.echo("nothing to compact")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the app."""
+    """Add ``encode`` and the ``store`` group to the app."""
+    app.command(name="encode")(encode)
+    app.add_typer(store_app, name="store")

@@ -93,6 +93,7 @@ def open_root(url: str | Path) -> StoreRoot:
         fs = pafs.S3FileSystem(
             endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
             region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            allow_delayed_open=True,  # small files go up as one PUT, not a multipart upload
         )
         base = posixpath.join(parsed.netloc, parsed.path.strip("/")).rstrip("/")
         try:

@@ -1,0 +1,28 @@
+"""The encode step as one function: a vocabulary (and its cached descriptions) into an embedding store.
+
+The CLI and the Prefect encode flow both call ``encode_vocabulary``; it opens the store and reads
+the descriptions before loading the CLIP model, so a bad URL fails in a second, not after the load.
+"""
+
+from __future__ import annotations
+
+from freecp.clip import load_backbone
+from freecp.stores.descriptions import DescriptionCache
+from freecp.stores.embeddings import EmbeddingStore, EncodeSummary
+from freecp.vocab import Vocabulary
+
+
+def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
+                      pretrained: str | None = "openai", clip_checkpoint: str | None = None,
+                      descriptions: str | None = None, device: str = "cpu",
+                      progress: bool = True, batch_size: int = 256) -> EncodeSummary:
+    """Encode every text ``vocab`` needs that the store lacks; returns counts encoded and reused.
+
+    ``descriptions`` is a description cache URL; the vocabulary's cached descriptions are
+    encoded too, and each class's average becomes its AP target. ``batch_size`` is texts per
+    forward pass of the text tower.
+    """
+    embeddings = EmbeddingStore(store, batch_size=batch_size)
+    texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
+    backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device)
+    return embeddings.ensure(vocab, backbone, texts, progress=progress)

@@ -1,0 +1,693 @@
+"""The embedding store: CLIP text vectors in Parquet, one dataset per model, shared across teams.
+
+Text encoding is the slow step on a CPU, so every (text, model) pair is encoded once, ever, and
+segment runs only read vectors. Layout below the store root (a local directory or
+``s3://bucket/prefix``, always through ``freecp.stores.fs``)::
+
+    models/<model-dir>/class/<shard>.parquet             one row per class name (80 templates averaged)
+    models/<model-dir>/description/<shard>.parquet       one row per description text (raw)
+    models/<model-dir>/description_mean/<shard>.parquet  one row per list of descriptions (their average)
+    models/<model-dir>/vocabularies/<vocab-hash>.parquet the vocabulary manifest
+
+Every shard has the columns ``text_hash, text, kind, vector`` (``fixed_size_list<float32>[dim]``,
+L2-normalised); its schema metadata records the model key, dimension, normalisation, template set
+hash and freecp version, and a reader refuses data whose model key or dimension is not its own.
+
+Concurrency: a write is a new shard with a unique name, written atomically, never a change to an
+existing file, so concurrent writers cannot clobber each other; readers take the union of the
+shards and drop duplicates by text hash (same text, same model, same vector). A killed writer
+leaves at most a temporary file, which listing skips, and whatever shards it had finished, which
+a re-run reuses. The manifest is written last, so a reader that finds it finds every row it names.
+
+The ``description_mean`` kind exists for read speed: the segmenter needs one averaged description
+vector per class, and storing it lets a vocabulary load read Q + K rows instead of every
+description (20 to 60 per class).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import freecp
+from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
+from freecp.clip.text import ClassEmbeddings, average_embeddings, encode_class_names
+from freecp.stores.fs import StoreError, StoreRoot, open_root
+from freecp.vocab import Vocabulary
+
+CLASS = "class"
+DESCRIPTION = "description"
+DESCRIPTION_MEAN = "description_mean"
+KINDS = (CLASS, DESCRIPTION, DESCRIPTION_MEAN)
+
+MODELS_DIR = "models"
+MANIFESTS_DIR = "vocabularies"
+NORMALISATION = "l2"
+META_KEY = b"freecp.embeddings"
+MANIFEST_META_KEY = b"freecp.vocabulary"
+READ_THREADS = 8
+READ_ATTEMPTS = 3
+
+
+class EmbeddingStoreError(StoreError):
+    """The store cannot serve the request; the message says what to do."""
+
+
+class MissingEmbeddingsError(EmbeddingStoreError):
+    """Texts a vocabulary needs are not in the store yet (run ``freecp encode``)."""
+
+
+class ModelMismatchError(EmbeddingStoreError):
+    """The stored vectors were written by another CLIP model than the one asking."""
+
+
+# ---------------------------------------------------------------------------------- hashing
+def text_hash(text: str, kind: str) -> str:
+    """Key of one stored vector. Class rows depend on the prompt templates, so their hash does too."""
+    salt = TEMPLATE_SET_HASH if kind == CLASS else ""
+    payload = json.dumps([kind, salt, text], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def mean_hash(description_hashes: Sequence[str]) -> str:
+    """Key of the average of an ordered list of descriptions (order changes the float sum)."""
+    return text_hash(",".join(description_hashes), DESCRIPTION_MEAN)
+
+
+def model_dir(model_key: str) -> str:
+    """A readable directory name for a model key that is safe as a path and collision-free."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_key).strip("._-")[:60] or "model"
+    return f"{readable}-{hashlib.sha256(model_key.encode('utf-8')).hexdigest()[:8]}"
+
+
+# -------------------------------------------------------------------------------- summaries
+@dataclass(frozen=True)
+class EncodeSummary:
+    """What ``ensure`` did: per kind, how many distinct texts were encoded and how many reused."""
+
+    store: str
+    model_key: str
+    vocabulary: str
+    vocab_hash: str
+    classes_encoded: int
+    classes_reused: int
+    descriptions_encoded: int
+    descriptions_reused: int
+    described_classes: int
+    manifest_written: bool
+    seconds: float
+
+    @property
+    def encoded(self) -> int:
+        return self.classes_encoded + self.descriptions_encoded
+
+    @property
+    def reused(self) -> int:
+        return self.classes_reused + self.descriptions_reused
+
+    def line(self) -> str:
+        return (f"{self.vocabulary} ({self.vocab_hash}) with {self.model_key} in {self.store}: "
+                f"encoded {self.encoded} texts ({self.classes_encoded} class names, "
+                f"{self.descriptions_encoded} descriptions), reused {self.reused} "
+                f"({self.classes_reused} class names, {self.descriptions_reused} descriptions); "
+                f"classes with descriptions: {self.described_classes}; {self.seconds:.1f} s")
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    model_key: str
+    dim: int
+    rows: dict[str, int]  # distinct texts per kind
+    shards: int
+    vocabularies: int
+
+
+@dataclass(frozen=True)
+class VocabularySummary:
+    model_key: str
+    name: str
+    content_hash: str
+    classes: int
+    queries: int
+    described: int
+    written_at: str
+
+
+@dataclass(frozen=True)
+class ClassCoverage:
+    index: int
+    names: tuple[str, ...]
+    queries_present: int
+    descriptions: int          # descriptions the manifest lists for this class
+    description_vector: bool   # their average is in the store
+
+
+@dataclass(frozen=True)
+class VocabularyCoverage:
+    model_key: str
+    vocabulary: str
+    content_hash: str
+    manifest: bool
+    classes: list[ClassCoverage]
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest and all(c.queries_present == len(c.names) for c in self.classes)
+
+    @property
+    def described(self) -> int:
+        return sum(c.description_vector for c in self.classes)
+
+
+# ------------------------------------------------------------------------------ the manifest
+@dataclass(frozen=True)
+class ClassPlan:
+    """What one class of a vocabulary needs from the store."""
+
+    names: tuple[str, ...]
+    query_hashes: tuple[str, ...]
+    description_hashes: tuple[str, ...] = ()
+    description_mean: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    vocabulary: str
+    content_hash: str
+    has_background: bool
+    model_key: str
+    dim: int
+    classes: tuple[ClassPlan, ...]
+    written_at: str = ""
+
+    def same_content(self, other: Manifest | None) -> bool:
+        return other is not None and (self.classes, self.has_background, self.dim) == (
+            other.classes, other.has_background, other.dim)
+
+    def to_parquet(self) -> bytes:
+        table = pa.table({
+            "names": pa.array([list(c.names) for c in self.classes], pa.list_(pa.string())),
+            "query_hashes": pa.array([list(c.query_hashes) for c in self.classes], pa.list_(pa.string())),
+            "description_hashes": pa.array([list(c.description_hashes) for c in self.classes],
+                                           pa.list_(pa.string())),
+            "description_mean": pa.array([c.description_mean for c in self.classes], pa.string()),
+        })
+        meta = {"vocabulary": self.vocabulary, "content_hash": self.content_hash,
+                "has_background": self.has_background, "model_key": self.model_key, "dim": self.dim,
+                "template_set_hash": TEMPLATE_SET_HASH, "freecp_version": freecp.__version__,
+                "written_at": self.written_at}
+        table = table.replace_schema_metadata({MANIFEST_META_KEY: json.dumps(meta)})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return sink.getvalue().to_pybytes()
+
+    @classmethod
+    def from_table(cls, table: pa.Table, origin: str) -> Manifest:
+        raw = (table.schema.metadata or {}).get(MANIFEST_META_KEY)
+        if raw is None:
+            raise EmbeddingStoreError(f"{origin} is not a freecp vocabulary manifest")
+        meta = json.loads(raw)
+        columns = table.to_pydict()
+        descriptions = columns.get("description_hashes", [[] for _ in columns["names"]])
+        classes = tuple(
+            ClassPlan(tuple(n), tuple(q), tuple(d or ()), m)
+            for n, q, d, m in zip(columns["names"], columns["query_hashes"], descriptions,
+                                  columns["description_mean"])
+        )
+        return cls(meta["vocabulary"], meta["content_hash"], bool(meta["has_background"]),
+                   meta["model_key"], int(meta["dim"]), classes, meta.get("written_at", ""))
+
+
+# ------------------------------------------------------------------------------- the store
+@dataclass
+class _Pending:
+    """Rows of one kind encoded but not yet written."""
+
+    hashes: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, hashes: list[str], texts: list[str], vectors: np.ndarray) -> None:
+        self.hashes += hashes
+        self.texts += texts
+        self.vectors.append(vectors)
+
+    def take(self) -> tuple[list[str], list[str], np.ndarray]:
+        out = (self.hashes, self.texts, np.concatenate(self.vectors))
+        self.hashes, self.texts, self.vectors = [], [], []
+        return out
+
+
+class EmbeddingStore:
+    """Read and extend the embedding store at ``url`` (see the module docstring for the layout).
+
+    ``flush_seconds``: while encoding, finished rows are written as a shard at least this often,
+    so a killed run loses at most that much work.
+    """
+
+    def __init__(self, url: str, *, flush_seconds: float = 60.0, batch_size: int = 256) -> None:
+        self.root: StoreRoot = open_root(url)
+        self.url = self.root.url
+        self.flush_seconds = flush_seconds
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------------ encoding
+    def ensure(self, vocab: Vocabulary, backbone, descriptions: dict[str, list[str]] | None = None,
+               progress: bool = True) -> EncodeSummary:
+        """Encode what ``vocab`` needs and the store lacks, then write the vocabulary manifest.
+
+        ``descriptions`` maps a class name to its description texts (only foreground classes
+        use them). A class it does not name keeps the descriptions the store already records
+        for this vocabulary, so a run without descriptions never erases earlier ones.
+        """
+        started = time.monotonic()
+        key, dim = backbone.model_key, int(backbone.embed_dim)
+        folder = posixpath.join(MODELS_DIR, model_dir(key))
+        recorded = self._read_manifest(folder, vocab, key, dim)
+        present = {kind: set(self._read_rows(folder, kind, key, dim, columns=["text_hash"])
+                             .column("text_hash").to_pylist()) for kind in KINDS}
+        plans, description_texts = _plan(vocab, descriptions, recorded)
+
+        class_texts = _unique_texts(vocab.queries, CLASS)
+        new_classes = {h: t for h, t in class_texts.items() if h not in present[CLASS]}
+        new_descriptions = {h: t for h, t in description_texts.items() if h not in present[DESCRIPTION]}
+        all_descriptions = {h for p in plans for h in p.description_hashes}
+        new_means = [p for p in plans
+                     if p.description_mean and p.description_mean not in present[DESCRIPTION_MEAN]]
+
+        writer = _ShardWriter(self, folder, key, dim)
+        fresh_descriptions: dict[str, np.ndarray] = {}
+        with _progress(progress) as bar:
+            names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
+            for hashes, texts in bar.chunks("class names", new_classes, names_per_call):
+                vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
+                writer.add(CLASS, hashes, texts, _numpy(vectors))
+            for hashes, texts in bar.chunks("descriptions", new_descriptions, self.batch_size):
+                vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
+                writer.add(DESCRIPTION, hashes, texts, vectors)
+                fresh_descriptions.update(zip(hashes, vectors))
+        if new_means:
+            writer.add_means(new_means, self._description_vectors(
+                folder, key, dim, new_means, fresh_descriptions))
+        writer.flush()
+
+        manifest = Manifest(vocab.name, vocab.content_hash, vocab.has_background, key, dim, tuple(plans),
+                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_manifest = not manifest.same_content(recorded)
+        if write_manifest:
+            self.root.write_bytes(_manifest_path(folder, vocab.content_hash), manifest.to_parquet())
+        return EncodeSummary(
+            store=self.url, model_key=key, vocabulary=vocab.name, vocab_hash=vocab.content_hash,
+            classes_encoded=len(new_classes), classes_reused=len(class_texts) - len(new_classes),
+            descriptions_encoded=len(new_descriptions),
+            descriptions_reused=len(all_descriptions) - len(new_descriptions),
+            described_classes=sum(p.description_mean is not None for p in plans),
+            manifest_written=write_manifest, seconds=time.monotonic() - started,
+        )
+
+    def _description_vectors(self, folder: str, key: str, dim: int, plans: list[ClassPlan],
+                             fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Vectors of every description the new averages need: fresh ones, then the store's."""
+        wanted = {h for p in plans for h in p.description_hashes} - fresh.keys()
+        rows, matrix = _indexed(self._read_rows(folder, DESCRIPTION, key, dim, wanted=wanted), dim)
+        vectors = {**{h: matrix[i] for h, i in rows.items()}, **fresh}
+        lost = wanted - vectors.keys()
+        if lost:
+            raise MissingEmbeddingsError(
+                f"{self.url}: {len(lost)} descriptions recorded for this vocabulary are no longer in "
+                f"the store; pass the descriptions again (--descriptions) to re-encode them")
+        return vectors
+
+    # ------------------------------------------------------------------------- reading
+    def load(self, vocab: Vocabulary, backbone_or_model_key) -> ClassEmbeddings:
+        """The vocabulary's query and description matrices, read from the store (no encoding)."""
+        if isinstance(backbone_or_model_key, str):
+            key, dim = backbone_or_model_key, None
+        else:
+            key, dim = backbone_or_model_key.model_key, int(backbone_or_model_key.embed_dim)
+        folder = posixpath.join(MODELS_DIR, model_dir(key))
+        manifest = self._read_manifest(folder, vocab, key, dim, with_descriptions=False)
+        if manifest is None:
+            others = [m for m in self._model_keys() if m != key]
+            if others and not self.root.list_files(folder, ".parquet"):
+                raise ModelMismatchError(
+                    f"{self.url} holds embeddings of {', '.join(others)}, not of {key}: vectors of "
+                    f"different CLIP models cannot be mixed. Use the store's model, or encode this one "
+                    f"with `freecp encode {vocab.name} --store {self.url}` and the same model options")
+            raise MissingEmbeddingsError(
+                f"vocabulary {vocab.name!r} ({vocab.content_hash}) is not encoded in {self.url} for "
+                f"{key}: run `freecp encode {vocab.name} --store {self.url}` with the same model options")
+        dim = manifest.dim
+        query_hashes = [h for plan in manifest.classes for h in plan.query_hashes]
+        described = [k for k, p in enumerate(manifest.classes) if p.description_mean]
+        mean_hashes = [manifest.classes[k].description_mean for k in described]
+        # Whole small partitions, picked by hash: faster than a row filter while they hold a few
+        # vocabularies (tens of thousands of rows); the descriptions themselves are never read.
+        columns = ["text_hash", "vector"]
+        query_rows, query_matrix = _indexed(self._read_rows(folder, CLASS, key, dim, columns), dim)
+        mean_rows, mean_matrix = _indexed(self._read_rows(folder, DESCRIPTION_MEAN, key, dim, columns), dim)
+        lost = (set(query_hashes) - query_rows.keys()) | (set(mean_hashes) - mean_rows.keys())
+        if lost:
+            raise MissingEmbeddingsError(
+                f"{self.url}: {len(lost)} vectors of vocabulary {vocab.name!r} for {key} are missing "
+                f"(shards deleted?); run `freecp encode {vocab.name} --store {self.url}` to restore them")
+        descriptions = None
+        if described:
+            descriptions = torch.zeros(len(manifest.classes), dim)  # zero rows: no descriptions
+            descriptions[described] = torch.from_numpy(mean_matrix[[mean_rows[h] for h in mean_hashes]])
+        mask = torch.zeros(len(manifest.classes), dtype=torch.bool)
+        mask[described] = True
+        return ClassEmbeddings(
+            queries=torch.from_numpy(query_matrix[[query_rows[h] for h in query_hashes]]),
+            query_class=torch.tensor(vocab.query_class, dtype=torch.long),
+            descriptions=descriptions,
+            described=mask,
+            source="store",
+        )
+
+    def _read_manifest(self, folder: str, vocab: Vocabulary, key: str, dim: int | None,
+                       with_descriptions: bool = True) -> Manifest | None:
+        """The vocabulary's manifest, or None. Loading skips the description hashes (the bulk)."""
+        path = _manifest_path(folder, vocab.content_hash)
+        columns = None if with_descriptions else ["names", "query_hashes", "description_mean"]
+        try:
+            table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if not self.root.exists(path):
+                return None
+            raise EmbeddingStoreError(f"{self.url}: cannot read {path}: {err}") from None
+        manifest = Manifest.from_table(table, f"{self.url}/{path}")
+        _check_model(f"{self.url}/{path}", manifest.model_key, manifest.dim, key, dim)
+        if [c.names for c in manifest.classes] != [c.names for c in vocab.classes]:
+            raise EmbeddingStoreError(f"{self.url}/{path} does not describe vocabulary {vocab.name!r} "
+                                      f"(its classes differ); delete it and run `freecp encode` again")
+        return manifest
+
+    def _read_rows(self, folder: str, kind: str, key: str, dim: int | None,
+                   columns: list[str] | None = None, wanted: set[str] | None = None) -> pa.Table:
+        """The union of a kind's shards, filtered to ``wanted`` hashes, duplicates dropped.
+
+        A shard can vanish between listing and reading (``compact`` removed it after merging
+        its rows into a new shard), so the read starts over from a fresh listing when that happens.
+        """
+        if wanted is not None and not wanted:
+            return _empty_table(dim or 0)
+        columns = columns or ["text_hash", "text", "vector"]
+        value_set = pa.array(sorted(wanted), pa.string()) if wanted else None
+
+        def read(path: str) -> pa.Table:
+            # Reading whole columns and filtering after is faster than a dataset filter here.
+            table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
+            meta = _shard_meta(table.schema, f"{self.url}/{path}")
+            _check_model(f"{self.url}/{path}", meta["model_key"], int(meta["dim"]), key, dim)
+            if value_set is not None:
+                table = table.filter(pc.is_in(table.column("text_hash"), value_set=value_set))
+            return table.replace_schema_metadata(None)
+
+        for attempt in range(READ_ATTEMPTS):
+            paths = self.root.list_files(posixpath.join(folder, kind), ".parquet")
+            try:
+                with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
+                    tables = list(pool.map(read, paths))
+                break
+            except OSError as err:
+                if attempt == READ_ATTEMPTS - 1 or all(self.root.exists(p) for p in paths):
+                    raise EmbeddingStoreError(f"{self.url}: cannot read the embedding store: {err}") from None
+        if not tables:
+            return _empty_table(dim or 0).select(columns)
+        return _dedupe(pa.concat_tables(tables, promote_options="default"))
+
+    # ------------------------------------------------------------------------ listings
+    def _model_folders(self) -> dict[str, list[str]]:
+        folders: dict[str, list[str]] = {}
+        for path in self.root.list_files(MODELS_DIR, ".parquet"):
+            parts = path.split("/")
+            if len(parts) == 4:
+                folders.setdefault(parts[1], []).append(path)
+        return folders
+
+    def _model_keys(self) -> list[str]:
+        return [key for key, _ in self._models()]
+
+    def _models(self) -> list[tuple[str, int]]:
+        """(model key, dim) of every model folder, from one of its files' metadata."""
+        found = []
+        for files in self._model_folders().values():
+            for path in files:  # the first file that still exists (compaction may remove some)
+                try:
+                    meta = pq.read_schema(self.root.path(path), filesystem=self.root.fs).metadata or {}
+                except OSError:
+                    continue
+                info = json.loads(meta.get(MANIFEST_META_KEY) or meta.get(META_KEY) or b"null")
+                if info:
+                    found.append((info["model_key"], int(info["dim"])))
+                    break
+        return sorted(found)
+
+    def list_models(self) -> list[ModelSummary]:
+        """Every model in the store with its distinct texts per kind, shard and vocabulary counts."""
+        summaries = []
+        for key, dim in self._models():
+            folder = posixpath.join(MODELS_DIR, model_dir(key))
+            rows = {kind: self._read_rows(folder, kind, key, dim, columns=["text_hash"]).num_rows
+                    for kind in KINDS}
+            shards = sum(len(self.root.list_files(posixpath.join(folder, kind), ".parquet"))
+                         for kind in KINDS)
+            vocabularies = len(self.root.list_files(posixpath.join(folder, MANIFESTS_DIR), ".parquet"))
+            summaries.append(ModelSummary(key, dim, rows, shards, vocabularies))
+        return summaries
+
+    def list_vocabularies(self, model_key: str | None = None) -> list[VocabularySummary]:
+        """Every vocabulary manifest (of one model, or of all), as a summary."""
+        keys = [model_key] if model_key else self._model_keys()
+        found = []
+        for key in keys:
+            folder = posixpath.join(MODELS_DIR, model_dir(key), MANIFESTS_DIR)
+            for path in self.root.list_files(folder, ".parquet"):
+                table = pq.read_table(self.root.path(path), filesystem=self.root.fs,
+                                      columns=["names", "description_mean"])
+                meta = json.loads((table.schema.metadata or {}).get(MANIFEST_META_KEY, b"{}"))
+                if not meta:
+                    continue
+                names = table.column("names").to_pylist()
+                found.append(VocabularySummary(
+                    key, meta["vocabulary"], meta["content_hash"], len(names), sum(map(len, names)),
+                    table.num_rows - table.column("description_mean").null_count, meta.get("written_at", "")))
+        return found
+
+    def inspect(self, vocab: Vocabulary, model_key: str) -> VocabularyCoverage:
+        """Per class of ``vocab``: how many of its names are encoded and whether it has descriptions."""
+        folder = posixpath.join(MODELS_DIR, model_dir(model_key))
+        manifest = self._read_manifest(folder, vocab, model_key, None)
+        dim = manifest.dim if manifest else None
+        present = set(self._read_rows(folder, CLASS, model_key, dim, columns=["text_hash"])
+                      .column("text_hash").to_pylist())
+        means = set(self._read_rows(folder, DESCRIPTION_MEAN, model_key, dim, columns=["text_hash"])
+                    .column("text_hash").to_pylist())
+        plans = manifest.classes if manifest else [None] * len(vocab)
+        classes = [
+            ClassCoverage(
+                index=k, names=entry.names,
+                queries_present=sum(text_hash(n, CLASS) in present for n in entry.names),
+                descriptions=len(plan.description_hashes) if plan else 0,
+                description_vector=bool(plan and plan.description_mean in means),
+            )
+            for k, (entry, plan) in enumerate(zip(vocab.classes, plans))
+        ]
+        return VocabularyCoverage(model_key, vocab.name, vocab.content_hash, manifest is not None, classes)
+
+    # ---------------------------------------------------------------------- compaction
+    def compact(self, model_key: str | None = None) -> dict[str, tuple[int, int]]:
+        """Merge each kind's shards into one sorted, deduplicated shard; old shards are removed.
+
+        Safe next to writers (only the shards read are deleted) and readers (they retry when a
+        listed shard disappears). Returns, per model key and kind, (shards before, rows after).
+        """
+        result = {}
+        for key, dim in self._models():
+            if model_key and key != model_key:
+                continue
+            folder = posixpath.join(MODELS_DIR, model_dir(key))
+            for kind in KINDS:
+                paths = self.root.list_files(posixpath.join(folder, kind), ".parquet")
+                if len(paths) < 2:
+                    continue
+                table = self._read_rows(folder, kind, key, dim).sort_by("text_hash")
+                vectors = table.column("vector").combine_chunks().values.to_numpy().reshape(-1, dim)
+                _ShardWriter(self, folder, key, dim).write(
+                    kind, table.column("text_hash").to_pylist(), table.column("text").to_pylist(), vectors)
+                for path in paths:
+                    try:
+                        self.root.delete(path)
+                    except FileNotFoundError:
+                        pass  # a concurrent compaction removed it first
+                result[f"{key} {kind}"] = (len(paths), table.num_rows)
+        return result
+
+
+# ----------------------------------------------------------------------------- the writer
+class _ShardWriter:
+    """Collects encoded rows and writes them as immutable shards, at least every flush_seconds."""
+
+    def __init__(self, store: EmbeddingStore, folder: str, key: str, dim: int) -> None:
+        self.store, self.folder, self.key, self.dim = store, folder, key, dim
+        self.pending = {kind: _Pending() for kind in KINDS}
+        self.last_flush = time.monotonic()
+
+    def add(self, kind: str, hashes: list[str], texts: list[str], vectors: np.ndarray) -> None:
+        self.pending[kind].add(hashes, texts, vectors)
+        if time.monotonic() - self.last_flush >= self.store.flush_seconds:
+            self.flush()
+
+    def add_means(self, plans: list[ClassPlan], vectors: dict[str, np.ndarray]) -> None:
+        """One averaged row per distinct description list (its text is the first class's name)."""
+        unique: dict[str, ClassPlan] = {}
+        for plan in plans:
+            unique.setdefault(plan.description_mean, plan)
+        means = [average_embeddings(torch.from_numpy(np.stack([vectors[h] for h in p.description_hashes])))
+                 for p in unique.values()]
+        self.add(DESCRIPTION_MEAN, list(unique), [p.names[0] for p in unique.values()],
+                 _numpy(torch.stack(means)))
+
+    def flush(self) -> None:
+        for kind, pending in self.pending.items():
+            if pending.hashes:
+                self.write(kind, *pending.take())
+        self.last_flush = time.monotonic()
+
+    def write(self, kind: str, hashes: list[str], texts: list[str], vectors: np.ndarray) -> None:
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        meta = {"model_key": self.key, "dim": self.dim, "normalisation": NORMALISATION,
+                "template_set_hash": TEMPLATE_SET_HASH, "freecp_version": freecp.__version__}
+        table = pa.table({
+            "text_hash": pa.array(hashes, pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "kind": pa.array([kind] * len(hashes), pa.string()).dictionary_encode(),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+        }).replace_schema_metadata({META_KEY: json.dumps(meta)})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression={"text_hash": "zstd", "text": "zstd", "kind": "zstd",
+                                                 "vector": "none"})
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        name = f"{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        self.store.root.write_bytes(posixpath.join(self.folder, kind, name), sink.getvalue().to_pybytes())
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _plan(vocab: Vocabulary, descriptions: dict[str, list[str]] | None,
+          recorded: Manifest | None) -> tuple[list[ClassPlan], dict[str, str]]:
+    """Per class, the hashes it needs; plus every description text the plan uses, by hash."""
+    descriptions = descriptions or {}
+    foreground = set(vocab.foreground_indices)
+    texts: dict[str, str] = {}
+    plans = []
+    for k, entry in enumerate(vocab.classes):
+        queries = tuple(text_hash(n, CLASS) for n in entry.names)
+        given = [t for t in descriptions.get(entry.name, []) if t.strip()] if k in foreground else []
+        if given:
+            hashes = tuple(text_hash(t, DESCRIPTION) for t in given)
+            texts.update(zip(hashes, given))
+            plans.append(ClassPlan(entry.names, queries, hashes, mean_hash(hashes)))
+        elif recorded is not None and recorded.classes[k].description_mean:
+            kept = recorded.classes[k]
+            plans.append(ClassPlan(entry.names, queries, kept.description_hashes, kept.description_mean))
+        else:
+            plans.append(ClassPlan(entry.names, queries))
+    return plans, texts
+
+
+def _unique_texts(texts: list[str], kind: str) -> dict[str, str]:
+    return {text_hash(t, kind): t for t in texts}
+
+
+def _numpy(vectors: torch.Tensor) -> np.ndarray:
+    return vectors.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def _manifest_path(folder: str, content_hash: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]+", content_hash):
+        raise EmbeddingStoreError(f"invalid vocabulary hash {content_hash!r}")
+    return posixpath.join(folder, MANIFESTS_DIR, f"{content_hash}.parquet")
+
+
+def _shard_meta(schema: pa.Schema, origin: str) -> dict:
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise EmbeddingStoreError(f"{origin} is not a freecp embedding shard "
+                                  f"(no {META_KEY.decode()} metadata)")
+    return json.loads(raw)
+
+
+def _check_model(origin: str, found_key: str, found_dim: int, key: str, dim: int | None) -> None:
+    if found_key != key or (dim is not None and found_dim != dim):
+        raise ModelMismatchError(
+            f"{origin} holds vectors of {found_key} (dim {found_dim}), but the running model is {key}"
+            f"{f' (dim {dim})' if dim is not None else ''}: vectors of different models cannot be mixed")
+
+
+def _empty_table(dim: int) -> pa.Table:
+    return pa.table({"text_hash": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+                     "vector": pa.array([], pa.list_(pa.float32(), max(dim, 1)))})
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """Keep the first row of every text hash (duplicates come from concurrent writers)."""
+    first: dict[str, int] = {}
+    for row, value in enumerate(table.column("text_hash").to_pylist()):
+        first.setdefault(value, row)
+    return table if len(first) == table.num_rows else table.take(sorted(first.values()))
+
+
+def _indexed(table: pa.Table, dim: int) -> tuple[dict[str, int], np.ndarray]:
+    """The vectors as one [n, dim] matrix and each text hash's row in it."""
+    if table.num_rows == 0:
+        return {}, np.zeros((0, dim), np.float32)
+    matrix = table.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return {h: row for row, h in enumerate(table.column("text_hash").to_pylist())}, matrix
+
+
+# --------------------------------------------------------------------------------- progress
+class _Bar:
+    """A rich progress bar that hands out chunks of the texts to encode."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def chunks(self, label: str, texts: dict[str, str], size: int) -> Iterator[tuple[list[str], list[str]]]:
+        if not texts:
+            return
+        task = self.progress.add_task(f"encoding {label}", total=len(texts))
+        items = list(texts.items())
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            yield [h for h, _ in chunk], [t for _, t in chunk]
+            self.progress.advance(task, len(chunk))
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[_Bar]:
+    """A ``_Bar`` over a rich progress display on stderr (silent when disabled)."""
+    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+    with display:
+        yield _Bar(display)
+
