@@ -10,13 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from freecp.clip import WeightsUnavailableError
-from freecp.encoding import encode_vocabulary
-from freecp.stores.embeddings import EmbeddingStore
 from freecp.stores.fs import StoreError
 from freecp.vocab import load_vocabulary
 
-USER_ERRORS = (StoreError, WeightsUnavailableError, ValueError, OSError)
+# torch and open_clip are imported inside the commands, so `freecp --help` and the other
+# commands start without paying for them.
 
 StoreUrl = Annotated[str, typer.Argument(help="Store root: a local directory or s3://bucket/prefix.")]
 VocabArg = Annotated[str, typer.Argument(help="A shipped vocabulary name (voc21, ade150, ...) or a file.")]
@@ -29,9 +27,11 @@ store_app = typer.Typer(help="Look into and maintain an embedding store.", no_ar
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn expected failures (bad input, unreachable store, missing weights) into one message."""
+    from freecp.clip import WeightsUnavailableError
+
     try:
         yield
-    except USER_ERRORS as err:
+    except (StoreError, WeightsUnavailableError, ValueError, OSError) as err:
         Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -60,6 +60,8 @@ def encode(
 
     Only texts the store lacks are encoded; a class shared with another vocabulary is reused.
     """
+    from freecp.encoding import encode_vocabulary
+
     with _user_errors():
         summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
                                     clip_checkpoint=clip_checkpoint, descriptions=descriptions,
@@ -70,6 +72,8 @@ def encode(
 @store_app.command("ls")
 def store_ls(url: StoreUrl) -> None:
     """List the models in a store (distinct texts per kind) and the vocabularies encoded for each."""
+    from freecp.stores.embeddings import EmbeddingStore
+
     with _user_errors():
         store = EmbeddingStore(url)
         models = store.list_models()
@@ -94,6 +98,8 @@ def store_ls(url: StoreUrl) -> None:
 @store_app.command("inspect")
 def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None) -> None:
     """Show a vocabulary's coverage per model: encoded names, classes with and without descriptions."""
+    from freecp.stores.embeddings import EmbeddingStore
+
     with _user_errors():
         store = EmbeddingStore(url)
         vocabulary = load_vocabulary(vocab)
@@ -122,6 +128,8 @@ def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None)
 @store_app.command("compact")
 def store_compact(url: StoreUrl, model_key: ModelKeyOpt = None) -> None:
     """Merge each model's shards into one per kind (faster reads); safe while others use the store."""
+    from freecp.stores.embeddings import EmbeddingStore
+
     with _user_errors():
         merged = EmbeddingStore(url).compact(model_key)
     for what, (shards, rows) in merged.items():

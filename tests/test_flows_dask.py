@@ -1,0 +1,47 @@
+"""Scale-out: ``segment-images`` on a Dask cluster of several worker processes.
+
+A real ``distributed.LocalCluster`` (separate worker processes, on 127.0.0.1) stands in for a
+multi-machine cluster; the flow only gets its scheduler address, as a deployment would. The
+point checked is that each worker process loads the model once, however many images it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+from flows import segmenters
+from flows.segment import segment_images
+from tests.fixtures_prefect import FLOW_VOCAB, TINY_CLIP, VOC_MINI
+
+
+def _executed(dask_worker) -> int:
+    return dask_worker.state.executed_count
+
+
+def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    images, out, store = tmp_path / "images", tmp_path / "out", tmp_path / "store"
+    shutil.copytree(VOC_MINI, images)
+    for path in sorted(images.iterdir()):  # six distinct images: the originals and their mirrors
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images / f"mirrored_{path.name}")
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        state = segment_images(images=str(images), vocab=FLOW_VOCAB, out=str(out), store=str(store),
+                               dask_address=cluster.scheduler_address, return_state=True, **TINY_CLIP)
+        builds = client.run(segmenters.builds)
+        executed = client.run(_executed)
+        pids = set(client.run(os.getpid).values())
+
+    assert state.is_completed(), state.message
+    assert state.result() == {"done": 6, "skipped": 0, "failed": 0}
+    assert os.getpid() not in pids and len(pids) == 2  # the images ran in the two worker processes
+    assert sum(executed.values()) == 6
+    assert all(n >= 1 for n in executed.values()), executed  # both workers took images
+    assert builds == {address: 1 for address in executed}, (builds, executed)
+    assert len(list((out / "masks").iterdir())) == 6
