@@ -62,6 +62,11 @@ class AmbiguityGroup:
     def has_degenerate_box(self) -> bool:
         return len(self.valid_boxes) < len(self.boxes) or not self.boxes
 
+    @property
+    def crop_boxes(self) -> list[tuple[int, int, int, int]]:
+        """Boxes worth encoding: none when a degenerate box keeps the whole group anyway."""
+        return [] if self.has_degenerate_box else self.valid_boxes
+
 
 def plan_ambiguity(refined: torch.Tensor, classes: list[int], ap_threshold: float,
                    box_threshold: float, scope: int = 0) -> list[AmbiguityGroup]:
@@ -81,14 +86,14 @@ def plan_ambiguity(refined: torch.Tensor, classes: list[int], ap_threshold: floa
 
 def resolve_groups(groups: list[AmbiguityGroup], crop_embeddings: torch.Tensor,
                    targets: torch.Tensor, logit_scale: float) -> None:
-    """Set each group's winners from its crops' embeddings, in the order of ``valid_boxes``.
+    """Set each group's winners from its crops' embeddings, in the order of ``crop_boxes``.
 
     A crop keeps the member whose target embedding scores highest; a group with a degenerate
     box, or none valid, keeps all its members.
     """
     offset = 0
     for group in groups:
-        count = len(group.valid_boxes)
+        count = len(group.crop_boxes)
         crops = crop_embeddings[offset:offset + count]
         offset += count
         if group.has_degenerate_box:

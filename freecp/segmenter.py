@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,8 @@ class PurificationReport:
     rp_scores: dict[str, float]       # per foreground class: best self-consistency over windows
     kept: list[str]                   # survived redundancy purification somewhere
     removed: list[str]                # purged by RP or AP everywhere: never in the output
-    groups: list[dict]                # ambiguity groups: members, boxes (pixels), winners, window
+    groups: list[dict]                # ambiguity groups: members, boxes (x0, y0, x1, y1 in original
+                                      # image pixels), winners, window index
     ap_targets: str                   # which text embeddings AP scored crops against
     fallback_classes: list[str]       # classes AP had to score by class name (no descriptions)
 
@@ -58,9 +60,16 @@ class Segmentation:
 
 @dataclass
 class _Windows:
-    pixels: torch.Tensor              # [B, 3, wh, ww] normalised
-    origins: list[tuple[int, int]]    # (y0, x0) of each window in the resized image
+    """The sliding windows of one resized image: a full grid of row starts x column starts."""
+
+    pixels: torch.Tensor              # [B, 3, wh, ww] normalised, row-major over (rows, cols)
+    rows: list[int]                   # y0 of each window row in the resized image
+    cols: list[int]                   # x0 of each window column
     size: tuple[int, int]             # resized image (H, W)
+
+    @property
+    def origins(self) -> list[tuple[int, int]]:
+        return [(y, x) for y in self.rows for x in self.cols]
 
 
 class Segmenter:
@@ -125,7 +134,7 @@ class Segmenter:
             labels, scores = self._compose(maps, classes, windows, image.shape[:2],
                                            background_from_max=self.vocab.has_background)
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
-        report = self._report(rp_scores, alive, groups)
+        report = self._report(rp_scores, alive, groups, windows, image.shape[:2])
         return Segmentation(labels, scores, report, timer.seconds)
 
     # ------------------------------------------------------------------ input
@@ -141,10 +150,10 @@ class Segmenter:
     def _windows(self, pixels: torch.Tensor) -> _Windows:
         height, width = pixels.shape[-2:]
         wh, ww = min(self.settings.window, height), min(self.settings.window, width)
-        origins = [(y, x) for y in _starts(height, wh, self.settings.stride)
-                   for x in _starts(width, ww, self.settings.stride)]
-        crops = torch.stack([pixels[:, y:y + wh, x:x + ww] for y, x in origins])
-        return _Windows(crops, origins, (height, width))
+        rows = _starts(height, wh, self.settings.stride)
+        cols = _starts(width, ww, self.settings.stride)
+        crops = torch.stack([pixels[:, y:y + wh, x:x + ww] for y in rows for x in cols])
+        return _Windows(crops, rows, cols, (height, width))
 
     # ------------------------------------------------------------ purification
     def _redundancy(self, cams: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +176,7 @@ class Segmenter:
         for b in range(len(maps)):
             alive = torch.nonzero(maps[b].flatten(1).amax(dim=1) > 0).flatten().tolist()
             groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b)
-        crops = [self._crop(windows.pixels[g.scope], box) for g in groups for box in g.valid_boxes]
+        crops = [self._crop(windows.pixels[g.scope], box) for g in groups for box in g.crop_boxes]
         return self._settle(maps, classes, groups, crops), groups
 
     def _ambiguity_per_image(self, maps: torch.Tensor, classes: torch.Tensor,
@@ -182,7 +191,7 @@ class Segmenter:
         wh, ww = windows.pixels.shape[-2:]
         for b, (y, x) in enumerate(windows.origins):
             full[:, y:y + wh, x:x + ww] = windows.pixels[b]
-        crops = [self._crop(full, box) for g in groups for box in g.valid_boxes]
+        crops = [self._crop(full, box) for g in groups for box in g.crop_boxes]
         return self._settle(maps, classes, groups, crops), groups
 
     def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
@@ -242,30 +251,41 @@ class Segmenter:
         return label.to(torch.int32).numpy(), scores
 
     def _canvas(self, maps: torch.Tensor, windows: _Windows, size: tuple[int, int]) -> torch.Tensor:
-        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``."""
-        height, width = windows.size
+        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``.
+
+        Upsampling to the window, pasting, dividing by the window count and resizing are all
+        linear and separable per axis, so the whole composition is ``A_y @ mosaic @ A_x^T`` with
+        two small matrices: the same numbers as doing it step by step, without ever holding
+        C full-resolution canvases per window.
+        """
+        grid_h, grid_w = maps.shape[-2:]
         wh, ww = windows.pixels.shape[-2:]
-        upsampled = F.interpolate(maps, size=(wh, ww), mode="bilinear", align_corners=False)
-        canvas = torch.zeros(maps.shape[1], height, width)
-        count = torch.zeros(height, width)
-        for b, (y, x) in enumerate(windows.origins):
-            canvas[:, y:y + wh, x:x + ww] += upsampled[b]
-            count[y:y + wh, x:x + ww] += 1
-        canvas /= count
-        if (height, width) == tuple(size):
-            return canvas
-        return F.interpolate(canvas[None], size=size, mode="bilinear", align_corners=False)[0]
+        along_y = _axis_operator(windows.rows, grid_h, wh, windows.size[0], size[0])
+        along_x = _axis_operator(windows.cols, grid_w, ww, windows.size[1], size[1])
+        n_rows, n_cols = len(windows.rows), len(windows.cols)
+        mosaic = maps.reshape(n_rows, n_cols, -1, grid_h, grid_w).permute(2, 0, 3, 1, 4)
+        mosaic = mosaic.reshape(-1, n_rows * grid_h, n_cols * grid_w)
+        return along_y @ mosaic @ along_x.T
 
     # ---------------------------------------------------------------- report
-    def _report(self, rp_scores: torch.Tensor, alive: torch.Tensor,
-                groups: list[AmbiguityGroup]) -> PurificationReport:
+    def _box_in_original(self, box: tuple[int, int, int, int], scope: int, windows: _Windows,
+                         original: tuple[int, int]) -> list[int]:
+        """A box in patch units of a window (or of the whole resized image) as original pixels."""
+        p = self.backbone.patch_size
+        y0, x0 = windows.origins[scope] if self.settings.scope == "window" else (0, 0)
+        sy, sx = original[0] / windows.size[0], original[1] / windows.size[1]
+        x_a, y_a, x_b, y_b = box
+        return [round((x0 + x_a * p) * sx), round((y0 + y_a * p) * sy),
+                round((x0 + x_b * p) * sx), round((y0 + y_b * p) * sy)]
+
+    def _report(self, rp_scores: torch.Tensor, alive: torch.Tensor, groups: list[AmbiguityGroup],
+                windows: _Windows, original: tuple[int, int]) -> PurificationReport:
         names = self.vocab.class_names
         fg = self.foreground.tolist()
         best = rp_scores.max(dim=0).values
         alive_set = set(alive.tolist())
         rp_kept = (rp_scores > self.settings.rp_threshold).any(dim=0) if self.settings.redundancy \
             else torch.ones(len(fg), dtype=torch.bool)
-        p = self.backbone.patch_size
         return PurificationReport(
             rp_scores={names[k]: round(float(best[i]), 6) for i, k in enumerate(fg)},
             kept=[names[k] for i, k in enumerate(fg) if rp_kept[i]],
@@ -273,12 +293,33 @@ class Segmenter:
             groups=[{
                 "window": g.scope,
                 "members": [names[m] for m in g.members],
-                "boxes": [[v * p for v in b] for b in g.boxes],
+                "boxes": [self._box_in_original(b, g.scope, windows, original) for b in g.boxes],
                 "winners": [names[m] for m in g.winners],
             } for g in groups],
             ap_targets=self.ap_targets,
             fallback_classes=self.fallback_classes,
         )
+
+
+def _axis_operator(starts: list[int], grid: int, window: int, resized: int, target: int) -> torch.Tensor:
+    """[target, len(starts) * grid]: one axis of upsample-to-window, paste, average, resize."""
+    upsample = _linear_resize_matrix(grid, window)           # [window, grid]
+    paste = torch.zeros(resized, len(starts) * grid)
+    for i, start in enumerate(starts):
+        paste[start:start + window, i * grid:(i + 1) * grid] += upsample
+    coverage = torch.zeros(resized)
+    for start in starts:
+        coverage[start:start + window] += 1
+    paste /= coverage[:, None]
+    return paste if target == resized else _linear_resize_matrix(resized, target) @ paste
+
+
+@lru_cache(maxsize=64)
+def _linear_resize_matrix(source: int, target: int) -> torch.Tensor:
+    """[target, source] weights of PyTorch's linear resize (align_corners=False, no antialias);
+    bilinear 2-D resizing is this applied along each axis."""
+    eye = torch.eye(source)[None]                             # channels = source positions
+    return F.interpolate(eye, size=target, mode="linear", align_corners=False)[0].T
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:
