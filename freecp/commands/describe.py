@@ -1,7 +1,211 @@
-"""Placeholder until this command group is written."""
+"""``freecp describe`` (class descriptions from an LLM, cached) and ``freecp llm serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+
+from freecp.describe.batch import BatchFormatError, export_batch, import_batch
+from freecp.describe.client import LLMError
+from freecp.describe.convert import ConversionError
+from freecp.describe.prompts import PROMPT_SET, PromptError
+from freecp.describe.run import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DescribeSummary, describe_vocabulary
+from freecp.describe.serve import DEFAULT_VLLM_MODEL, SMOLLM2_NAME, LocalServer, models_dir, server_command
+from freecp.stores.descriptions import DescriptionCache
+from freecp.stores.fs import StoreError
+from freecp.vocab import Vocabulary, VocabularyError, load_vocabulary
+
+USER_ERRORS = (VocabularyError, LLMError, StoreError, BatchFormatError, PromptError, ConversionError, ValueError)
+out = Console(soft_wrap=True)  # user text (names, paths) is printed as is
+err = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the app."""
+    """Add ``describe`` and the ``llm`` group (``llm serve``)."""
+    app.command(name="describe")(describe)
+    llm = typer.Typer(help="Run an LLM server for the describe step.", no_args_is_help=True)
+    llm.command(name="serve")(serve)
+    app.add_typer(llm, name="llm")
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """One clear message and a non-zero exit for anything the user can fix; SIGTERM acts like Ctrl-C
+    so a local server started for the command is stopped, not orphaned."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    except USER_ERRORS as error:
+        err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: everything received so far is saved")
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def describe(
+    vocab: Annotated[str | None, typer.Argument(help="Vocabulary: a shipped name (voc21) or a file.")] = None,
+    llm_url: Annotated[str | None, typer.Option(
+        envvar="FREECP_LLM_URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. "
+        "Without it, a local server is started for the run (vLLM if available).")] = None,
+    llm_model: Annotated[str | None, typer.Option(
+        envvar="FREECP_LLM_MODEL", help=f"Model name to request (default {DEFAULT_VLLM_MODEL}); "
+        f"without vLLM use {SMOLLM2_NAME} or a local model folder.")] = None,
+    cache: Annotated[str, typer.Option(
+        envvar="FREECP_CACHE", help="Store root: a directory or s3://bucket/prefix.")] = "cache",
+    per_class: Annotated[int, typer.Option(min=1, help="Descriptions wanted per class.")] = 20,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = DEFAULT_TEMPERATURE,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit per request.")] = DEFAULT_MAX_TOKENS,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for one answer.")] = 300.0,
+    max_requests: Annotated[int | None, typer.Option(min=1, help="Request limit per class.")] = None,
+    retries: Annotated[int, typer.Option(
+        min=0, help="Retries of a request after a connection error, timeout, 429 or 5xx.")] = 4,
+    prompt_set: Annotated[str, typer.Option(
+        help="Prompt folder under prompts/ (its name carries its version).")] = PROMPT_SET,
+    structured: Annotated[bool | None, typer.Option(
+        "--structured/--free-text", help="Ask for JSON-schema output (default: only from vLLM).")] = None,
+    vllm_bin: Annotated[str | None, typer.Option(help="vLLM executable for a local server.")] = None,
+    show: Annotated[str | None, typer.Option(help="Print the cached descriptions of this class.")] = None,
+    export_batch_to: Annotated[Path | None, typer.Option(
+        "--export-batch", help="Write the missing requests as a `vllm run-batch` input file.")] = None,
+    import_batch_from: Annotated[Path | None, typer.Option(
+        "--import-batch", help="Store the answers of a `vllm run-batch` output file.")] = None,
+    export_json: Annotated[Path | None, typer.Option(
+        help="Write {class: [descriptions]} (of VOCAB, or of all classes) to this file.")] = None,
+    import_json: Annotated[Path | None, typer.Option(
+        help="Read reviewed {class: [descriptions]} from this file; they replace the generated ones.")] = None,
+    compact: Annotated[bool, typer.Option(help="Merge the cache's shards into one.")] = False,
+) -> None:
+    """Write visual descriptions of every class with an LLM, sending only what the cache lacks."""
+    modes = {"--show": show, "--export-batch": export_batch_to, "--import-batch": import_batch_from,
+             "--export-json": export_json, "--import-json": import_json, "--compact": compact}
+    chosen = [flag for flag, value in modes.items() if value]
+    if len(chosen) > 1:
+        err.print(f"[red]error:[/] {' and '.join(chosen)} cannot be combined")
+        raise typer.Exit(2)
+    with _user_errors():
+        store = DescriptionCache(cache)
+        if show:
+            _show(store, show, llm_model)
+        elif compact:
+            merged, kept = store.compact()
+            out.print(f"compacted {merged} shards into one holding {kept} entries")
+        elif import_json:
+            out.print(f"imported reviewed descriptions of {store.import_json(import_json)} classes from {import_json}")
+        elif export_json:
+            count = store.export_json(export_json, load_vocabulary(vocab) if vocab else None, llm_model)
+            out.print(f"wrote descriptions of {count} classes to {export_json}")
+        else:
+            if not vocab:
+                raise ValueError(f"{chosen[0] if chosen else 'describe'} needs a VOCAB argument")
+            vocabulary, model = load_vocabulary(vocab), llm_model or DEFAULT_VLLM_MODEL
+            plan_options = dict(per_class=per_class, temperature=temperature, max_tokens=max_tokens,
+                                max_requests=max_requests, prompt_set=prompt_set)
+            if export_batch_to:
+                _export_batch(vocabulary, export_batch_to, store, model, structured is not False, plan_options)
+            elif import_batch_from:
+                _import_batch(vocabulary, import_batch_from, store, model, plan_options)
+            else:
+                summary = describe_vocabulary(
+                    vocabulary, llm_url=llm_url, llm_model=model, cache=store, concurrency=concurrency,
+                    timeout=timeout, retries=retries, structured=structured, vllm_bin=vllm_bin, progress=True,
+                    **plan_options,
+                )
+                _print_summary(summary, per_class)
+                if not summary.ok:
+                    raise typer.Exit(1)
+
+
+def _export_batch(vocabulary: Vocabulary, path: Path, store: DescriptionCache, model: str, structured: bool,
+                  plan_options: dict) -> None:
+    count = export_batch(vocabulary, path, cache=store, llm_model=model, structured=structured, **plan_options)
+    out.print(f"wrote {count} requests to {path}" + ("" if count else " (the cache already holds everything)"))
+
+
+def _import_batch(vocabulary: Vocabulary, path: Path, store: DescriptionCache, model: str, plan_options: dict) -> None:
+    result = import_batch(vocabulary, path, cache=store, llm_model=model, **plan_options)
+    out.print(f"imported {result.imported} answers ({result.already_cached} already cached, "
+              f"{result.unmatched} not from this vocabulary and settings, {len(result.failed)} failed)")
+    for reason in result.failed.values():
+        err.print(f"  {reason}", markup=False, highlight=False)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _show(store: DescriptionCache, name: str, llm_model: str | None) -> None:
+    known = store.descriptions_by_class(llm_model)
+    if name not in known:
+        close = [k for k in known if k.casefold() == name.casefold() or name.casefold() in k.casefold()]
+        hint = f" (did you mean: {', '.join(close[:5])}?)" if close else ""
+        raise ValueError(f"the cache at {store.url} holds no descriptions for {name!r}{hint}")
+    answers = [e for e in store.entries() if e.class_name == name]
+    models = sorted({e.llm_model or e.source for e in answers})
+    out.print(f"{name}: {len(known[name])} descriptions from {len(answers)} entries ({', '.join(models)})")
+    for number, text in enumerate(known[name], start=1):
+        out.print(f"{number:3d}. {text}")
+
+
+def _print_summary(summary: DescribeSummary, per_class: int) -> None:
+    out.print(f"classes done: {summary.classes_done}/{summary.classes_total}   requests sent: "
+              f"{summary.requests_sent}   cache hits: {summary.cache_hits}   cache: {summary.cache}")
+    if summary.short:
+        out.print(f"{len(summary.short)} classes have fewer than {per_class} descriptions "
+                  "(purification falls back to the class name only for a class with none):")
+        for name, (count, reason) in sorted(summary.short.items()):
+            out.print(f"  {name}: {count} ({reason})")
+    if summary.failed:
+        err.print(f"[red]{len(summary.failed)} classes had failed requests[/] (run again to retry them)")
+
+
+def serve(
+    model: Annotated[str | None, typer.Option(
+        help=f"Model to serve (default {DEFAULT_VLLM_MODEL} with vLLM, else the bundled {SMOLLM2_NAME}); "
+        "also a local model folder.")] = None,
+    vllm_bin: Annotated[str | None, typer.Option(help="vLLM executable (vLLM lives in its own environment).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
+    models: Annotated[Path | None, typer.Option(
+        "--models-dir",
+        help="Where the bundled model is converted to (default cache/models or $FREECP_MODELS_DIR).")] = None,
+    chat_template: Annotated[str | None, typer.Option(
+        help="Chat template for vLLM (default prompts/vicuna-v1.1.jinja for Vicuna models).")] = None,
+    continuous_batching: Annotated[bool, typer.Option(
+        help="transformers serve only: batch concurrent requests together.")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 900.0,
+) -> None:
+    """Start an OpenAI-compatible LLM server (vLLM, or transformers serve on CPU) until Ctrl-C."""
+    with _user_errors():
+        folder = (models or models_dir()) / SMOLLM2_NAME
+        command = server_command(model, vllm_bin=vllm_bin, host=host, port=port or None, folder=folder,
+                                 chat_template=chat_template, continuous_batching=continuous_batching)
+        server = LocalServer(command)
+        err.print(f"starting {command.kind} serving {command.model} (log: {server.log_path}) ...", markup=False)
+        try:
+            server.start(ready_timeout)
+            out.print(f"LLM server ready: --llm-url {server.url} --llm-model {server.model}")
+            out.print("press Ctrl-C to stop")
+            sys.stdout.flush()
+            while server.running():
+                time.sleep(0.5)
+            raise LLMError(f"the {command.kind} server exited on its own; see {server.log_path}")
+        except KeyboardInterrupt:
+            server.stop()
+            out.print("LLM server stopped")
+        finally:
+            server.stop()

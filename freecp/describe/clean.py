@@ -1,0 +1,146 @@
+"""Turning an LLM answer into a list of short visual descriptions.
+
+Answers arrive as a JSON list (structured output, or a model that followed the JSON prompt), a
+numbered or bulleted list, or plain prose; small models add chatter, repeat themselves and get
+cut off at ``max_tokens``. ``parse_answer`` splits any of these into candidate items and
+``clean_items`` keeps only the ones worth a text embedding. The rules are versioned so a cache
+entry records which rules produced its descriptions (the raw answer is kept for re-cleaning).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+CLEANING_VERSION = "1"
+MIN_CHARS = 8
+MIN_WORDS = 2
+MAX_CHARS = 200
+MAX_WORDS = 35
+
+_FENCE = re.compile(r"```[a-zA-Z]*\s*|```")
+_MARKER = re.compile(r"^\s*(?:[-*•·–—>]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)](?=\s)|#+)\s*")
+_INLINE_NUMBER = re.compile(r"\s+(?=\d{1,2}[.)]\s+\S)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_EMPHASIS = re.compile(r"\*\*|__|`")
+_QUOTES = "\"'“”‘’«»"
+_CHATTER = re.compile(
+    r"(\bas an ai\b|\blanguage model\b|\bi(?:'m| am) (?:sorry|unable|not able)\b|\bi can(?:not|'t)\b"
+    r"|^(?:sure|certainly|of course|okay|ok|great|absolutely)\b|^here (?:is|are)\b|\bhope (?:this|that) helps\b"
+    r"|\blet me know\b|^(?:note|in summary|overall|in conclusion|to summari[sz]e)\b|\bfeel free\b"
+    r"|^(?:these|the following|below) (?:are|is)\b)",
+    re.IGNORECASE,
+)
+_NON_VISUAL = re.compile(
+    r"\b(?:sounds?|smells?|tastes?|scent|odou?r|price[sd]?|costs?|invented|history|lifespan|weighs?)\b",
+    re.IGNORECASE,
+)
+_CODE = re.compile(r"[{}<>=;\\]|https?://|\bdef\b|\bimport\b")
+
+
+def parse_answer(text: str, truncated: bool = False) -> list[str]:
+    """Split an answer into candidate items (not yet cleaned).
+
+    A JSON list anywhere in the answer wins; otherwise each line is an item and lines holding
+    several sentences or several inline numbers are split. With ``truncated`` (the server
+    stopped at ``max_tokens``) the last line, or the last sentence of a one-line answer, is
+    dropped, as it was probably cut off.
+    """
+    body = _FENCE.sub("\n", text or "")
+    items = _json_items(body)
+    if items is not None:
+        return items
+    lines = body.strip().splitlines()
+    one_line = len(lines) == 1
+    if truncated and not one_line:
+        lines = lines[:-1]  # the cut-off line
+    items = [piece for line in lines for piece in _split_line(line)]
+    if truncated and one_line:
+        items = items[:-1]  # one line of prose: its last sentence was cut
+    return items
+
+
+def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str]:
+    """Normalise items and drop chatter, refusals, non-visual facts, duplicates and bad lengths."""
+    names = {_key(n) for n in class_names}
+    names |= {_key(f"{article} {n}") for n in class_names for article in ("a", "an", "the")}
+    kept: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        if str(item).rstrip().endswith(":"):  # a heading such as "Colours:" introduces items
+            continue
+        text = _normalise(item)
+        key = _key(text)
+        if not key or key in seen or key in names or not _acceptable(text):
+            continue
+        seen.add(key)
+        kept.append(text)
+    return kept
+
+
+def clean_answer(text: str, class_names: tuple[str, ...] = (), truncated: bool = False) -> list[str]:
+    """``parse_answer`` then ``clean_items``: the descriptions one answer contributes."""
+    return clean_items(parse_answer(text, truncated=truncated), class_names)
+
+
+def merge_descriptions(lists: list[list[str]]) -> list[str]:
+    """Concatenate description lists in order, dropping case/punctuation-insensitive repeats."""
+    merged: list[str] = []
+    seen: set[str] = set()
+    for descriptions in lists:
+        for text in descriptions:
+            key = _key(text)
+            if key and key not in seen:
+                seen.add(key)
+                merged.append(text)
+    return merged
+
+
+def _json_items(body: str) -> list[str] | None:
+    start, end = body.find("["), body.rfind("]")
+    candidates = [body.strip()] + ([body[start:end + 1]] if 0 <= start < end else [])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, list)), None)
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return list(value)
+    return None
+
+
+def _split_line(line: str) -> list[str]:
+    pieces = _INLINE_NUMBER.split(line.strip()) if line.strip() else []
+    out: list[str] = []
+    for piece in pieces:
+        piece = _MARKER.sub("", piece, count=1).strip()
+        several_sentences = _SENTENCE_END.search(piece) is not None
+        if len(piece) > MAX_CHARS or (several_sentences and len(piece.split()) > MAX_WORDS // 2):
+            out.extend(s for s in _SENTENCE_END.split(piece) if s.strip())
+        elif piece:
+            out.append(piece)
+    return out
+
+
+def _normalise(item: str) -> str:
+    text = _MARKER.sub("", " ".join(str(item).split()), count=1)
+    text = _EMPHASIS.sub("", text).strip()
+    text = text.strip(_QUOTES + " ").rstrip(",;:").strip(_QUOTES + " ")
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1].rstrip()
+    return text[:1].upper() + text[1:]
+
+
+def _acceptable(text: str) -> bool:
+    words = text.split()
+    if not (MIN_CHARS <= len(text) <= MAX_CHARS and MIN_WORDS <= len(words) <= MAX_WORDS):
+        return False
+    if sum(ch.isalpha() for ch in text) < len(text) / 2:
+        return False
+    return not (_CHATTER.search(text) or _NON_VISUAL.search(text) or _CODE.search(text))
+
+
+def _key(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())

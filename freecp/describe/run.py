@@ -1,0 +1,244 @@
+"""Describe a vocabulary: ask the LLM for whatever the description cache lacks, and save it as it comes.
+
+Classes are worked on concurrently (a wave of requests per class at a time, see ``plan``), with
+at most ``concurrency`` requests in flight overall. Answers are appended to the cache in small
+shards while the run goes on, so a run that is killed or loses its server keeps what it got and
+a re-run sends only the missing requests. No server is contacted (or started) when the cache
+already holds every answer the plans need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableError
+from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
+from freecp.describe.prompts import PROMPT_SET
+from freecp.describe.serve import LocalServer, server_command
+from freecp.stores.descriptions import SOURCE_SERVER, CacheEntry, DescriptionCache
+from freecp.vocab import Vocabulary
+
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_MAX_TOKENS = 400
+FLUSH_EVERY = 16
+FLUSH_SECONDS = 5.0
+
+
+@dataclass
+class DescribeSummary:
+    """What a run did; ``short`` maps class name -> (descriptions it has, why it is short)."""
+
+    vocabulary: str
+    llm_model: str
+    cache: str
+    classes_total: int
+    classes_done: int = 0
+    requests_sent: int = 0
+    cache_hits: int = 0
+    answers_saved: int = 0
+    short: dict[str, tuple[int, str]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    server: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when no request failed for good (short classes alone are not a failure)."""
+        return not self.failed
+
+
+class DescribeAborted(LLMUnavailableError):
+    """The server went away (or never was there) mid-run; ``summary`` counts what was saved."""
+
+    def __init__(self, message: str, summary: DescribeSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
+def served_model_name(llm_model: str) -> str:
+    """The model name a local server will answer to (a model folder is served by its folder name)."""
+    path = Path(llm_model).expanduser()
+    return path.name if path.is_dir() else llm_model
+
+
+def describe_vocabulary(
+    vocab: Vocabulary,
+    *,
+    llm_url: str | None,
+    llm_model: str,
+    cache: str | DescriptionCache,
+    per_class: int = 20,
+    concurrency: int = 8,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+    timeout: float = 300.0,
+    retries: int = 4,
+    backoff: float = 1.0,
+    max_requests: int | None = None,
+    structured: bool | None = None,
+    prompt_set: str = PROMPT_SET,
+    vllm_bin: str | None = None,
+) -> DescribeSummary:
+    """Fill the description cache for every foreground class of ``vocab``.
+
+    With ``llm_url`` None a local server is started for the run when (and only if) a request
+    must be sent, and stopped afterwards (``freecp.describe.serve.server_command`` picks vLLM or
+    ``transformers serve``). ``structured`` None asks for JSON-schema output only from vLLM.
+    Raises ``LLMUnavailableError`` (``DescribeAborted`` once requests were under way) when the
+    server cannot be reached or does not serve ``llm_model``.
+    """
+    store = cache if isinstance(cache, DescriptionCache) else DescriptionCache(cache)
+    model = llm_model if llm_url else served_model_name(llm_model)
+    plans = build_plans(vocab, llm_model=model, per_class=per_class, temperature=temperature,
+                        max_tokens=max_tokens, max_requests=max_requests, prompt_set=prompt_set)
+    summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans))
+    connector = _Connector(llm_url, llm_model, model, concurrency=concurrency, timeout=timeout, retries=retries,
+                           backoff=backoff, structured=structured, vllm_bin=vllm_bin)
+    runner = _Runner(store, plans, connector, summary, progress)
+    try:
+        asyncio.run(runner.run())
+    except LLMUnavailableError as err:
+        if summary.requests_sent == 0:
+            raise
+        raise DescribeAborted(f"{err}\n{summary.answers_saved} answers of this run were saved; "
+                              f"run again to send only the missing requests", summary) from None
+    finally:
+        runner.finish()
+        connector.close()
+    return summary
+
+
+class _Connector:
+    """Opens the client on first need: starts the local server if there is no URL, checks the model."""
+
+    def __init__(self, llm_url: str | None, llm_model: str, served: str, *, vllm_bin: str | None, **client_options):
+        self.llm_url, self.llm_model, self.served, self.vllm_bin = llm_url, llm_model, served, vllm_bin
+        self.client_options = client_options
+        self.client: ChatClient | None = None
+        self.server: LocalServer | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, say) -> ChatClient:
+        async with self._lock:
+            if self.client is None:
+                url = self.llm_url
+                if url is None:
+                    say(f"starting a local LLM server for {self.llm_model} ...")
+                    command = await asyncio.to_thread(server_command, self.llm_model, vllm_bin=self.vllm_bin)
+                    self.server = LocalServer(command)
+                    await asyncio.to_thread(self.server.start)
+                    url = self.server.url
+                    say(f"local LLM server ready at {url} (model {command.model})")
+                client = ChatClient(url, self.served, **self.client_options)
+                try:
+                    await client.check()
+                except BaseException:
+                    await client.__aexit__(None, None, None)
+                    raise
+                self.client = client
+            return self.client
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+class _Runner:
+    def __init__(self, store: DescriptionCache, plans: list[ClassPlan], connector: _Connector,
+                 summary: DescribeSummary, progress: bool):
+        self.store, self.plans, self.connector, self.summary = store, plans, connector, summary
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]describing[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("classes"),
+            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=self.console, disable=not progress,
+        )
+        self.task = self.progress.add_task("describe", total=len(plans), counts="")
+        self.pending: list[CacheEntry] = []
+        self.last_flush = time.monotonic()
+
+    async def run(self) -> None:
+        with self.progress:
+            tasks = [asyncio.create_task(self._describe(plan)) for plan in self.plans]
+            try:
+                if tasks:
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                    for task in done:
+                        task.result()  # re-raises the first error
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self.connector.aclose()
+                if self.connector.client is not None:
+                    self.summary.server = self.connector.client.server
+
+    async def _describe(self, plan: ClassPlan) -> None:
+        while wave := plan.next_wave():
+            misses = [p for p in wave if p.key not in self.store]
+            saved: dict[str, CacheEntry | BaseException] = {}
+            if misses:
+                client = await self.connector.get(self._say)
+                results = await asyncio.gather(*(self._ask(client, p) for p in misses), return_exceptions=True)
+                saved = {p.key: r for p, r in zip(misses, results, strict=True)}
+            for planned in wave:  # recorded in plan order, so a re-run from the cache decides alike
+                result = saved.get(planned.key) or self.store.get(planned.key)
+                if isinstance(result, LLMRequestError):
+                    plan.fail(str(result))
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    self.summary.cache_hits += planned.key not in saved
+                    plan.record(result.descriptions)
+            self._show()
+        self._close_class(plan)
+
+    async def _ask(self, client: ChatClient, planned: PlannedRequest) -> CacheEntry:
+        """Send one request and queue its answer for the cache the moment it arrives."""
+        try:
+            answer = await client.complete(planned.request)
+        finally:
+            self.summary.requests_sent = client.requests
+        entry = make_entry(planned, answer, source=SOURCE_SERVER, server=client.server)
+        self.pending.append(entry)
+        if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+            self._flush()
+        return entry
+
+    def _flush(self) -> None:
+        self.store.append(self.pending)  # on a store error the answers stay pending for the final flush
+        self.summary.answers_saved += len(self.pending)
+        self.pending = []
+        self.last_flush = time.monotonic()
+
+    def _close_class(self, plan: ClassPlan) -> None:
+        name = plan.entry.name
+        if plan.failure:
+            self.summary.failed[name] = plan.failure
+        if plan.done:
+            self.summary.classes_done += 1
+        else:
+            self.summary.short[name] = (len(plan.descriptions), plan.shortfall())
+        self.progress.advance(self.task)
+        self._show()
+
+    def _say(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+    def _show(self) -> None:
+        self.progress.update(self.task, counts=f"{self.summary.requests_sent} sent, {self.summary.cache_hits} cached")
+
+    def finish(self) -> None:
+        """Save whatever answers are still buffered (also after an error or an interrupt)."""
+        if self.pending:
+            self._flush()

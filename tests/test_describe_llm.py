@@ -1,0 +1,205 @@
+"""Describing vocabularies against a real LLM server (``transformers serve`` on SmolLM2-135M-Instruct).
+
+The model is tiny, so these tests check plumbing (requests, cache, resume, sharing), never the
+quality of what it writes.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from freecp.cli import app
+from freecp.describe import run as run_module
+from freecp.describe.client import LLMUnavailableError
+from freecp.describe.run import DescribeAborted, describe_vocabulary
+from freecp.describe.serve import free_port
+from freecp.stores.descriptions import SHARD_DIR, DescriptionCache
+from freecp.vocab import load_vocabulary
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "from freecp.cli import main; main()"]
+SMALL = dict(per_class=2, max_tokens=24, max_requests=2, concurrency=4, progress=False)
+SMALL_FLAGS = ["--per-class", "2", "--max-tokens", "24", "--max-requests", "2"]
+
+
+def test_describe_a_vocabulary_then_a_second_run_sends_nothing(tmp_path: Path, llm_server):
+    vocab_file = tmp_path / "animals.txt"
+    vocab_file.write_text("background: sky, grass\ncat\ndog, puppy\n")
+    vocab = load_vocabulary(str(vocab_file))
+    cache_url = str(tmp_path / "cache")
+
+    first = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache_url, **SMALL)
+    assert first.ok and first.classes_total == 2
+    assert first.requests_sent >= 2 and first.answers_saved == first.requests_sent and first.cache_hits == 0
+    assert first.classes_done + len(first.short) == 2
+    entries = DescriptionCache(cache_url).entries()
+    assert len(entries) == first.requests_sent
+    assert {e.class_name for e in entries} == {"cat", "dog"}  # the background is never described
+    assert all(e.llm_model == llm_server.model and e.server == llm_server.url and e.raw_answer for e in entries)
+    assert all(e.class_names == ("dog", "puppy") for e in entries if e.class_name == "dog")
+
+    again = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache_url, **SMALL)
+    assert (again.requests_sent, again.cache_hits) == (0, first.requests_sent)
+    assert (again.classes_done, again.short) == (first.classes_done, first.short)
+
+    # The command, pointed at a dead address: everything comes from the cache, so it needs no server.
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    runner = CliRunner()
+    result = runner.invoke(app, ["describe", str(vocab_file), "--llm-url", dead, "--llm-model", llm_server.model,
+                                 "--cache", cache_url, *SMALL_FLAGS])
+    assert result.exit_code == 0, result.output
+    assert f"requests sent: 0   cache hits: {first.requests_sent}" in result.output
+
+    described = DescriptionCache(cache_url).descriptions_for(vocab)
+    for name, texts in described.items():
+        shown = runner.invoke(app, ["describe", "--show", name, "--cache", cache_url])
+        assert shown.exit_code == 0 and f"{name}: {len(texts)} descriptions" in shown.output
+        assert all(text in shown.output for text in texts)
+
+
+def test_wrong_model_name_is_a_clear_error(tmp_path: Path, llm_server):
+    cache = DescriptionCache(tmp_path / "cache")
+    with pytest.raises(LLMUnavailableError, match=f"does not serve model 'vicuna'.*{llm_server.model}"):
+        describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm_server.url, llm_model="vicuna", cache=cache,
+                            **SMALL)
+    assert cache.root.list_files(SHARD_DIR) == []
+
+
+def _start_cli_server(folder: Path) -> tuple[subprocess.Popen, str, str]:
+    """``freecp llm serve`` as a user runs it; returns the process, and the URL and model it prints."""
+    proc = subprocess.Popen([*CLI, "llm", "serve", "--model", str(folder), "--port", "0"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("LLM server ready:"):
+            words = line.split()
+            return proc, words[words.index("--llm-url") + 1], words[words.index("--llm-model") + 1]
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("freecp llm serve did not print its URL")
+
+
+def test_run_interrupted_by_a_stopped_server_resumes_without_loss(
+    tmp_path: Path, smollm2_folder: Path, llm_server, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(run_module, "FLUSH_SECONDS", 0.0)  # save every answer at once
+    server, url, model = _start_cli_server(smollm2_folder)
+    assert url.startswith("http://127.0.0.1:") and model == llm_server.model
+    vocab = load_vocabulary(["cat"])
+    cache = DescriptionCache(tmp_path / "cache")
+    options = dict(per_class=50, max_requests=4, max_tokens=32, concurrency=1, retries=1, backoff=0.05,
+                   progress=False)
+    outcome: dict[str, BaseException] = {}
+
+    def describe() -> None:
+        try:
+            describe_vocabulary(vocab, llm_url=url, llm_model=model, cache=cache.url, **options)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=describe)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 300
+        while not cache.root.list_files(SHARD_DIR, ".parquet") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.send_signal(signal.SIGINT)  # Ctrl-C
+        assert server.wait(timeout=60) == 0
+        assert "LLM server stopped" in server.stdout.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        worker.join(timeout=300)
+
+    aborted = outcome["error"]
+    assert isinstance(aborted, DescribeAborted) and "run again" in str(aborted)
+    saved = {e.key for e in DescriptionCache(cache.url).entries()}
+    assert 1 <= len(saved) == aborted.summary.answers_saved < 4
+
+    resumed = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache.url,
+                                  **options)
+    assert resumed.cache_hits == len(saved) and resumed.requests_sent == 4 - len(saved)
+    final = DescriptionCache(cache.url).entries()
+    assert len(final) == 4 and saved <= {e.key for e in final}
+
+
+def test_without_a_url_a_local_server_is_started_and_stopped(tmp_path: Path, smollm2_folder: Path):
+    vocab = load_vocabulary(["horse"])
+    cache = str(tmp_path / "cache")
+    options = dict(per_class=1, max_requests=1, max_tokens=8, progress=False)
+    summary = describe_vocabulary(vocab, llm_url=None, llm_model=str(smollm2_folder), cache=cache, **options)
+    assert summary.requests_sent == 1 and summary.llm_model == smollm2_folder.name
+    assert summary.server.startswith("http://127.0.0.1:")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{summary.server}/models", timeout=5)
+    again = describe_vocabulary(vocab, llm_url=None, llm_model=str(smollm2_folder), cache=cache, **options)
+    assert again.requests_sent == 0 and again.server == ""  # nothing missing: no server started
+
+
+def test_cache_on_s3(s3_bucket: str, llm_server):
+    url = f"{s3_bucket}/shared/cache"
+    vocab = load_vocabulary(["dog"])
+    options = dict(per_class=1, max_requests=1, max_tokens=8, progress=False)
+    first = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=url, **options)
+    assert first.requests_sent == 1
+    again = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model,
+                                cache=DescriptionCache(url), **options)
+    assert (again.requests_sent, again.cache_hits) == (0, 1)
+    assert [e.class_name for e in DescriptionCache(url).entries()] == ["dog"]
+
+
+def test_two_processes_describing_overlapping_vocabularies_share_one_cache(tmp_path: Path, llm_server):
+    cache_url = str(tmp_path / "cache")
+    flags = ["--llm-url", llm_server.url, "--llm-model", llm_server.model, "--cache", cache_url,
+             "--per-class", "2", "--max-requests", "1", "--max-tokens", "16"]
+    runs = []
+    for name, classes in (("a", "cat\ndog\n"), ("b", "dog\nhorse\n")):
+        (tmp_path / f"{name}.txt").write_text(classes)
+        runs.append(subprocess.Popen([*CLI, "describe", str(tmp_path / f"{name}.txt"), *flags], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in runs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        assert "requests sent:" in stdout
+    union = load_vocabulary(["cat", "dog", "horse"])
+    shared = describe_vocabulary(union, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache_url,
+                                 per_class=2, max_requests=1, max_tokens=16, progress=False)
+    assert (shared.requests_sent, shared.cache_hits) == (0, 3)
+    assert {e.class_name for e in DescriptionCache(cache_url).entries()} == {"cat", "dog", "horse"}
+
+
+def test_describe_command_killed_halfway_keeps_its_answers(tmp_path: Path, llm_server):
+    """The command saves answers every few seconds; the kill lands after the first save, while
+    later requests (long enough to outlast the save interval) are still under way."""
+    cache = DescriptionCache(tmp_path / "cache")
+    (tmp_path / "v.txt").write_text("bicycle\n")
+    flags = ["--llm-url", llm_server.url, "--llm-model", llm_server.model, "--cache", cache.url,
+             "--per-class", "50", "--max-requests", "5", "--max-tokens", "64", "--concurrency", "1"]
+    proc = subprocess.Popen([*CLI, "describe", str(tmp_path / "v.txt"), *flags], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not cache.root.list_files(SHARD_DIR, ".parquet") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr
+    saved = {e.key for e in DescriptionCache(cache.url).entries()}
+    assert 1 <= len(saved) < 5
+    resumed = describe_vocabulary(load_vocabulary(["bicycle"]), llm_url=llm_server.url, llm_model=llm_server.model,
+                                  cache=cache.url, per_class=50, max_requests=5, max_tokens=64, progress=False)
+    assert (resumed.cache_hits, resumed.requests_sent) == (len(saved), 5 - len(saved))
