@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import shared_data
 from tests.fixtures_s3 import free_port
 
 SERVER_START_TIMEOUT = 180  # seconds; the first start runs the database migrations
@@ -99,7 +100,7 @@ def prefect_api(prefect_server: str, tmp_path: Path) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------- shared by the flow tests
-VOC_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini" / "JPEGImages"
+VOC_MINI = shared_data.VOC_MINI / "JPEGImages"
 FLOW_VOCAB = ["background: sky, wall", "cat, kitten", "person"]  # small: few texts to encode and describe
 TINY_CLIP = {"model": "freecp-tiny", "pretrained": "none"}  # random weights: outputs are plumbing, not meaning
 

@@ -39,7 +39,7 @@ def s3_endpoint() -> Iterator[str]:
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("moto server did not start")
+                raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
     yield url
     proc.terminate()

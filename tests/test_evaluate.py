@@ -21,8 +21,9 @@ from freecp.evaluate import (
     metrics_from_confusion,
 )
 from freecp.io import read_label_map, write_mask
+from tests.shared_data import VOC_MINI
 
-VOC_GT = Path("/work/shared/data/voc-mini/SegmentationClass")
+VOC_GT = VOC_MINI / "SegmentationClass"
 runner = CliRunner()
 
 # Four pixels scored, one ignored: (gt, pred) = (0,0) (0,1) (1,1) (1,1) (2,1) and (255, 0).
@@ -294,8 +295,8 @@ def test_eval_command_reduce_zero_label_flag(tmp_path: Path) -> None:
         (["eval", VOC_GT, VOC_GT, "--num-classes", "10"], "label 15, outside 0..9"),
         (["eval", VOC_GT, VOC_GT, "--num-classes", "20", "--class-names", "voc21"], "21 class names"),
         (["eval", VOC_GT, VOC_GT, "--num-classes", "21", "--class-names", "{tmp}/none.txt"], "vocabulary"),
-        (["eval-dataset", VOC_GT, "/work/shared/data/voc-mini", "--dataset", "voc21"], "--all-annotations"),
-        (["eval-dataset", VOC_GT, "/work/shared/data/voc-mini", "--dataset", "kitti"], "unknown dataset"),
+        (["eval-dataset", VOC_GT, VOC_MINI, "--dataset", "voc21"], "--all-annotations"),
+        (["eval-dataset", VOC_GT, VOC_MINI, "--dataset", "kitti"], "unknown dataset"),
     ],
 )
 def test_commands_fail_with_one_clear_line(tmp_path: Path, args: list, message: str) -> None:

@@ -22,8 +22,9 @@ from freecp.io import (
     write_overlay,
 )
 from freecp.stores.fs import TEMP_PREFIX
+from tests.shared_data import VOC_MINI
 
-VOC_GT = Path("/work/shared/data/voc-mini/SegmentationClass")
+VOC_GT = VOC_MINI / "SegmentationClass"
 LIMIT = 10_000_000
 
 

@@ -20,10 +20,8 @@ from typer.testing import CliRunner
 
 from freecp.cli import app
 from freecp.io import read_label_map
+from tests.shared_data import VOC_MINI
 
-VOC_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"
-if not VOC_MINI.is_dir():
-    VOC_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc-mini"
 TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
 
 
