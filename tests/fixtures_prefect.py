@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests import shared_data
-from tests.fixtures_s3 import free_port
+from freecp.describe.serve import free_port
+from tests.processes import stop_process
 
 SERVER_START_TIMEOUT = 180  # seconds; the first start runs the database migrations
 
@@ -69,12 +70,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     api_url = f"http://127.0.0.1:{port}/api"
     _wait_healthy(api_url, proc, log)
     yield api_url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from freecp.describe.serve import free_port
+from tests.processes import stop_process
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +38,7 @@ def s3_endpoint() -> Iterator[str]:
                 raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
     yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_process(proc)
 
 
 @pytest.fixture

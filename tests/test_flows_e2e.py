@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.processes import stop_process
 from tests.fixtures_prefect import FLOW_VOCAB as VOCAB
 from tests.fixtures_prefect import TINY_CLIP as TINY
 from tests.fixtures_prefect import VOC_MINI, flow_run_artifacts
@@ -50,12 +51,7 @@ def worker(prefect_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
                                 env=env, cwd=log.parent, stdout=sink, stderr=subprocess.STDOUT)
     yield log
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 def _run_deployment(name: str, params: dict, env: dict[str, str], worker_log: Path) -> tuple[uuid.UUID, int]:
