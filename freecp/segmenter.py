@@ -113,7 +113,7 @@ class Segmenter:
             with timer("compose"):
                 labels, scores = self._compose(cams, torch.arange(len(self.vocab)), windows,
                                                image.shape[:2], background_from_max=False)
-            return Segmentation(labels, scores, None, timer.seconds)
+            return Segmentation(labels, scores, None, dict(timer.seconds))
 
         fg_cams = cams[:, self.foreground]
         with timer("refine"):
@@ -135,7 +135,7 @@ class Segmenter:
                                            background_from_max=self.vocab.has_background)
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
         report = self._report(rp_scores, alive, groups, windows, image.shape[:2])
-        return Segmentation(labels, scores, report, timer.seconds)
+        return Segmentation(labels, scores, report, dict(timer.seconds))
 
     # ------------------------------------------------------------------ input
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
