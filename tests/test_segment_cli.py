@@ -171,3 +171,4 @@ def test_offline_default_weights_fail_with_one_message_and_no_traceback(tmp_path
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     assert "--clip-checkpoint" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert [line for line in proc.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))] == []

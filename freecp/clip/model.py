@@ -13,11 +13,17 @@ file, or explicitly requested random weights. The returned ``ClipBackbone`` runs
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import socket
+import textwrap
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -232,17 +238,41 @@ def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai
 
 def _create(model_name: str, pretrained: str) -> open_clip.CLIP:
     try:
-        # OpenAI's weights were trained with QuickGELU; the reference builds them that way too.
-        return open_clip.create_model(model_name, pretrained=pretrained,
-                                      force_quick_gelu=pretrained == "openai")
+        with _offline_aware_loading():
+            # OpenAI's weights were trained with QuickGELU; the reference builds them that way too.
+            return open_clip.create_model(model_name, pretrained=pretrained,
+                                          force_quick_gelu=pretrained == "openai")
     except Exception as err:  # open_clip wraps download and file errors in RuntimeError or raises OSError
         raise WeightsUnavailableError(
-            f"could not load CLIP weights {model_name}/{pretrained} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}).\nOffline? Download the checkpoint on a machine with "
+            f"could not load CLIP weights {model_name}/{pretrained} "
+            f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).\nOffline? Download the checkpoint on a machine with "
             f"internet (for example open_clip.create_model('{model_name}', pretrained='{pretrained}') "
             f"fills the Hugging Face cache, or fetch the .bin/.pt file) and pass it with "
             f"--clip-checkpoint FILE; or use --pretrained none for random weights (tests only)."
         ) from None
+
+
+@contextmanager
+def _offline_aware_loading() -> Iterator[None]:
+    """Load quietly, and from the local cache only when the hub's host does not even resolve.
+
+    Without this, a machine with no network retries the download for about a minute and prints
+    a page of warnings before our one message. ``HF_HUB_OFFLINE`` is read by huggingface_hub at
+    import time, so the switch is made on its constants module, for this call only.
+    """
+    import huggingface_hub.constants as hub
+
+    previous = hub.HF_HUB_OFFLINE
+    try:
+        socket.getaddrinfo(urlparse(hub.ENDPOINT).hostname, 443)
+    except OSError:
+        hub.HF_HUB_OFFLINE = True
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        hub.HF_HUB_OFFLINE = previous
 
 
 def _file_hash(path: Path) -> str:
