@@ -107,6 +107,14 @@ def test_encode_texts_is_deterministic_normalised_and_batch_independent(tiny_bac
     assert not torch.allclose(first[0], first[1])
 
 
+def test_truncated_text_forward_equals_open_clips_full_context_forward(tiny_backbone):
+    texts = ["a photo of a cat.", "itap of a television monitor.", "x", "a very long text " * 30]
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(
+            tiny_backbone.model.encode_text(tiny_backbone.tokenizer(texts)).float(), dim=-1)
+    assert torch.allclose(tiny_backbone.encode_texts(texts, batch_size=2), full, atol=1e-5)
+
+
 def test_random_weights_depend_only_on_the_seed(tiny_backbone):
     torch.manual_seed(123)
     expected_draw = torch.rand(3)

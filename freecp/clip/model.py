@@ -92,8 +92,29 @@ class ClipBackbone:
         chunks = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(texts[start:start + batch_size]).to(self.device)
-            chunks.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+            chunks.append(F.normalize(self._text_forward(tokens).float(), dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+    def _text_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The text tower on tokens cut to the batch's longest text instead of the full context.
+
+        Exact for OpenAI-style towers: the causal mask keeps padding after the end token from
+        influencing it, and the end token (the largest id) is what gets pooled. Prompts are far
+        shorter than the 77-token context, so this is several times faster. Other towers use
+        open_clip's own forward.
+        """
+        model = self.model
+        if not (isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
+                and model.attn_mask is not None):
+            return model.encode_text(tokens)
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :length]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+        pooled = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
+        return model.text_projection(pooled) if isinstance(model.text_projection, torch.nn.Linear) \
+            else pooled @ model.text_projection
 
     # ----------------------------------------------------------------- image
     @torch.inference_mode()
