@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 import warnings
 from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from freecp.stores.fs import TEMP_PREFIX
+from freecp.stores.fs import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -199,16 +198,7 @@ def _checked_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _write_atomic(path: Path, image: Image.Image, fmt: str, **options: object) -> None:
-    """Encode in memory, write under a hidden temporary name beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Encode in memory, then write the file atomically."""
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(temp, "wb") as out:
-            out.write(buffer.getbuffer())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, buffer.getvalue())

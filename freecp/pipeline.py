@@ -25,6 +25,7 @@ from freecp.clip import embed_vocabulary, load_backbone
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, safe_output_path, write_mask, write_overlay
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
+from freecp.stores.fs import atomic_write
 from freecp.vocab import Vocabulary
 
 RECORDS_DIR = ".records"
@@ -178,7 +179,7 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
             record.ap_targets = result.report.ap_targets
             record.ap_fallback_classes = result.report.fallback_classes
     record.seconds = round(time.perf_counter() - start, 4)
-    _write_json(record_path, record.to_dict())
+    atomic_write(record_path, json.dumps(record.to_dict()).encode())
     return record
 
 
@@ -212,11 +213,10 @@ def write_index(out_dir: Path) -> Path:
             row["ambiguity_groups"] = json.dumps(row["ambiguity_groups"])
             row["rp_scores"] = list(row["rp_scores"].items())
             rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), sink)
     target = out_dir / INDEX_NAME
-    temp = out_dir / f".{INDEX_NAME}.{os.getpid()}.tmp"
-    pq.write_table(table, temp)
-    os.replace(temp, target)
+    atomic_write(target, sink.getvalue().to_pybytes())
     return target
 
 
@@ -225,10 +225,3 @@ def _read_record(path: Path) -> ImageRecord | None:
         return ImageRecord(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None  # missing, or left half-written by a killed run: redo the image
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(payload))
-    os.replace(temp, path)

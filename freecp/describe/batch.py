@@ -11,13 +11,13 @@ a few export/run/import rounds fill the cache as one server run would.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from freecp.describe.client import ChatAnswer, LLMRequestError, answer_from_body, chat_body
 from freecp.describe.plan import PlannedRequest, build_plans, make_entry
 from freecp.stores.descriptions import SOURCE_BATCH, DescriptionCache
+from freecp.stores.fs import atomic_write
 from freecp.vocab import Vocabulary
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -49,11 +49,8 @@ def export_batch(
                 break
             for planned in wave:
                 plan.record(cache.get(planned.key).descriptions)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-    temp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
-    temp.replace(target)
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    atomic_write(Path(path), text.encode("utf-8"))
     return len(lines)
 
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from freecp.describe.clean import merge_descriptions
-from freecp.stores.fs import StoreError, StoreRoot, open_root
+from freecp.stores.fs import StoreError, StoreRoot, atomic_write, open_root
 from freecp.vocab import Vocabulary
 
 SHARD_DIR = "descriptions/shards"
@@ -201,11 +201,7 @@ class DescriptionCache:
         """Write ``{class: [descriptions]}`` (all classes, or a vocabulary's) to a JSON file; return
         the number of classes written. The file is written to a temporary name and renamed."""
         data = self.descriptions_for(vocab, llm_model) if vocab else self.descriptions_by_class(llm_model)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-        temp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        temp.replace(target)
+        atomic_write(Path(path), (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
         return len(data)
 
     def import_json(self, path: str | Path) -> int:

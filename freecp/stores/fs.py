@@ -83,6 +83,19 @@ class StoreRoot:
         self.fs.delete_file(self.path(relative))
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a local file whole or not at all: a hidden temporary name beside it, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
 def open_root(url: str | Path) -> StoreRoot:
     """Open a store root from a local path or an ``s3://bucket/prefix`` URL."""
     text = str(url)
