@@ -62,10 +62,14 @@ class Segmentation:
 class _Windows:
     """The sliding windows of one resized image: a full grid of row starts x column starts."""
 
-    pixels: torch.Tensor              # [B, 3, wh, ww] normalised, row-major over (rows, cols)
+    image: torch.Tensor               # [3, H, W] the resized, normalised image
+    pixels: torch.Tensor              # [B, 3, wh, ww] its windows, row-major over (rows, cols)
     rows: list[int]                   # y0 of each window row in the resized image
     cols: list[int]                   # x0 of each window column
-    size: tuple[int, int]             # resized image (H, W)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.image.shape[-2:])
 
     @property
     def origins(self) -> list[tuple[int, int]]:
@@ -134,7 +138,7 @@ class Segmenter:
             labels, scores = self._compose(maps, classes, windows, image.shape[:2],
                                            background_from_max=self.vocab.has_background)
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
-        report = self._report(rp_scores, alive, groups, windows, image.shape[:2])
+        report = self._report(rp_scores, survivors, alive, groups, windows, image.shape[:2])
         return Segmentation(labels, scores, report, dict(timer.seconds))
 
     # ------------------------------------------------------------------ input
@@ -153,7 +157,7 @@ class Segmenter:
         rows = _starts(height, wh, self.settings.stride)
         cols = _starts(width, ww, self.settings.stride)
         crops = torch.stack([pixels[:, y:y + wh, x:x + ww] for y in rows for x in cols])
-        return _Windows(crops, rows, cols, (height, width))
+        return _Windows(pixels, crops, rows, cols)
 
     # ------------------------------------------------------------ purification
     def _redundancy(self, cams: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,11 +191,7 @@ class Segmenter:
         height, width = windows.size
         image_maps = self._canvas(maps, windows, (height // p, width // p))
         groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold)
-        full = torch.zeros(3, height, width)
-        wh, ww = windows.pixels.shape[-2:]
-        for b, (y, x) in enumerate(windows.origins):
-            full[:, y:y + wh, x:x + ww] = windows.pixels[b]
-        crops = [self._crop(full, box) for g in groups for box in g.crop_boxes]
+        crops = [self._crop(windows.image, box) for g in groups for box in g.crop_boxes]
         return self._settle(maps, classes, groups, crops), groups
 
     def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
@@ -278,14 +278,12 @@ class Segmenter:
         return [round((x0 + x_a * p) * sx), round((y0 + y_a * p) * sy),
                 round((x0 + x_b * p) * sx), round((y0 + y_b * p) * sy)]
 
-    def _report(self, rp_scores: torch.Tensor, alive: torch.Tensor, groups: list[AmbiguityGroup],
-                windows: _Windows, original: tuple[int, int]) -> PurificationReport:
+    def _report(self, rp_scores: torch.Tensor, rp_kept: torch.Tensor, alive: torch.Tensor,
+                groups: list[AmbiguityGroup], windows: _Windows, original: tuple[int, int]) -> PurificationReport:
         names = self.vocab.class_names
         fg = self.foreground.tolist()
         best = rp_scores.max(dim=0).values
         alive_set = set(alive.tolist())
-        rp_kept = (rp_scores > self.settings.rp_threshold).any(dim=0) if self.settings.redundancy \
-            else torch.ones(len(fg), dtype=torch.bool)
         return PurificationReport(
             rp_scores={names[k]: round(float(best[i]), 6) for i, k in enumerate(fg)},
             kept=[names[k] for i, k in enumerate(fg) if rp_kept[i]],
