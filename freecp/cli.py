@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from freecp.commands import describe, encode, evaluate, segment
+from freecp.commands import benchmark, describe, encode, evaluate, segment
 
 app = typer.Typer(
     name="freecp",
@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (segment, evaluate, describe, encode):
+for module in (segment, benchmark, evaluate, describe, encode):
     module.register(app)
 
 

@@ -12,6 +12,7 @@ and such values always mean a wrong ``--num-classes`` or the wrong annotation fi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,28 +160,41 @@ def pair_folders(pred_dir: Path, gt_dir: Path) -> Pairing:
 
 def pair_dataset(pred_dir: Path, data_root: Path, layout: DatasetLayout, use_split: bool = True) -> Pairing:
     """Match predictions to a benchmark's annotations, restricted to its split list if it has one."""
+    if layout.split and use_split:
+        keys = _listed_keys(Path(data_root), layout)
+    else:
+        gt_root = _existing_dir(Path(data_root) / layout.gt_dir, f"{layout.name} annotation folder")
+        keys = _keys_with_suffix(gt_root, layout.gt_suffix)
+    return pair_keys(pred_dir, data_root, layout, keys)
+
+
+def validation_keys(data_root: Path, layout: DatasetLayout) -> list[str]:
+    """The official validation split, found as mmsegmentation's dataset classes find it: the keys
+    of the split list when the layout has one, else every ``*<image_suffix>`` below the image
+    folder (recursively, sorted). An image is ``<image_dir>/<key><image_suffix>``."""
+    data_root = Path(data_root)
+    if layout.split:
+        keys = _listed_keys(data_root, layout)
+    else:
+        image_root = _existing_dir(data_root / layout.image_dir, f"{layout.name} image folder")
+        keys = _keys_with_suffix(image_root, layout.image_suffix)
+    if not keys:
+        raise EvaluationError(f"no *{layout.image_suffix} images found in {data_root / layout.image_dir}")
+    return keys
+
+
+def pair_keys(pred_dir: Path, data_root: Path, layout: DatasetLayout, keys: Sequence[str]) -> Pairing:
+    """Pair the given keys' predictions with their annotations; every key must have an annotation."""
     pred_root = prediction_root(pred_dir)
     gt_root = _existing_dir(Path(data_root) / layout.gt_dir, f"{layout.name} annotation folder")
-    if layout.split and use_split:
-        split_file = Path(data_root) / layout.split
-        if not split_file.is_file():
-            raise EvaluationError(
-                f"split list {split_file} not found (pass --all-annotations to score every file in {gt_root})"
-            )
-        keys = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        absent = [k for k in keys if not (gt_root / (k + layout.gt_suffix)).is_file()]
-        if absent:
-            raise EvaluationError(
-                f"{len(absent)} images of {split_file.name} have no annotation in {gt_root}, e.g. {absent[0]}"
-            )
-    else:
-        keys = sorted(
-            p.relative_to(gt_root).as_posix()[: -len(layout.gt_suffix)]
-            for p in gt_root.rglob(f"*{layout.gt_suffix}")
-            if p.is_file() and not p.name.startswith(TEMP_PREFIX)
-        )
     if not keys:
         raise EvaluationError(f"no *{layout.gt_suffix} annotations found in {gt_root}")
+    absent = [k for k in keys if not (gt_root / (k + layout.gt_suffix)).is_file()]
+    if absent:
+        raise EvaluationError(
+            f"{len(absent)} of {len(keys)} images have no annotation in {gt_root}, "
+            f"e.g. {absent[0]}{layout.gt_suffix}"
+        )
     pairs, missing = [], []
     for key in keys:
         prediction = pred_root / layout.prediction_name(key)
@@ -189,6 +203,25 @@ def pair_dataset(pred_dir: Path, data_root: Path, layout: DatasetLayout, use_spl
         else:
             missing.append(key)
     return Pairing(pairs, missing)
+
+
+def _listed_keys(data_root: Path, layout: DatasetLayout) -> list[str]:
+    split_file = data_root / layout.split
+    if not split_file.is_file():
+        raise EvaluationError(
+            f"split list {split_file} not found (pass --all-annotations to score every file in "
+            f"{data_root / layout.gt_dir})"
+        )
+    return [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _keys_with_suffix(root: Path, suffix: str) -> list[str]:
+    """Relative paths of the files below ``root`` whose names end in ``suffix``, minus the suffix."""
+    return sorted(
+        p.relative_to(root).as_posix()[: -len(suffix)]
+        for p in root.rglob(f"*{suffix}")
+        if p.is_file() and not p.name.startswith(TEMP_PREFIX)
+    )
 
 
 def evaluate_pairing(
@@ -259,12 +292,16 @@ def evaluate_dataset(
     use_split: bool = True,
     allow_missing: bool = False,
     progress: Progress | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict:
-    """mIoU on a benchmark in its standard layout, with its class count, names and label rule."""
+    """mIoU on a benchmark in its standard layout, with its class count, names and label rule;
+    ``keys`` (e.g. from ``validation_keys``) score exactly those images instead of the split."""
     layout = dataset_layout(dataset)
+    pairing = pair_dataset(pred_dir, data_root, layout, use_split) if keys is None \
+        else pair_keys(pred_dir, data_root, layout, keys)
     result = evaluate_pairing(
-        pair_dataset(pred_dir, data_root, layout, use_split), layout.num_classes, IGNORE_INDEX,
-        layout.reduce_zero_label, class_names_of(layout.name), allow_missing, progress,
+        pairing, layout.num_classes, IGNORE_INDEX, layout.reduce_zero_label, class_names_of(layout.name),
+        allow_missing, progress,
     )
     return {"dataset": layout.name, **result}
 
@@ -283,6 +320,17 @@ def class_names_of(vocabulary: str | Path) -> list[str]:
     if vocab.has_background:
         names[0] = "background"
     return names
+
+
+def rounded_for_json(value: object) -> object:
+    """A report with its numbers rounded to two decimals, as mmseg prints them, and NaN as null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 2)
+    if isinstance(value, dict):
+        return {k: rounded_for_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded_for_json(v) for v in value]
+    return value
 
 
 def prediction_root(pred_dir: Path) -> Path:

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -183,10 +184,12 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
     return record
 
 
-def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True) -> RunSummary:
-    """Segment every image under ``images_root`` into ``out_dir``, skipping up-to-date ones."""
+def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True,
+                   files: Sequence[Path] | None = None) -> RunSummary:
+    """Segment every image under ``images_root`` (or only ``files``, paths below it, such as a
+    benchmark's split) into ``out_dir``, skipping up-to-date ones."""
     start = time.perf_counter()
-    files = find_images(images_root, exclude=out_dir)
+    files = find_images(images_root, exclude=out_dir) if files is None else list(files)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_root}")
     key = run_key(segmenter)

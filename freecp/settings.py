@@ -62,11 +62,14 @@ class SegmentSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def output_fields(self) -> dict[str, Any]:
+        """The fields that change outputs (batching and the pixel guard do not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("window_batch", "max_pixels")}
+
     @property
     def content_hash(self) -> str:
-        """Hash of the fields that change outputs (batching and the pixel guard do not)."""
-        fields = {k: v for k, v in self.to_dict().items() if k not in ("window_batch", "max_pixels")}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the fields that change outputs."""
+        return hashlib.sha256(json.dumps(self.output_fields(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Reference thresholds and geometry per benchmark vocabulary (ALGORITHM.md section 5).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from freecp.evaluate import (
     class_names_of,
     evaluate_dataset,
     evaluate_folders,
+    rounded_for_json,
 )
 from freecp.vocab import VocabularyError
 
@@ -102,15 +102,5 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
 
 
 def _print(result: dict) -> None:
-    """JSON on stdout, numbers rounded to two decimals as mmseg prints them, NaN as null."""
-    typer.echo(json.dumps(_rounded(result), indent=2, ensure_ascii=False))
-
-
-def _rounded(value: object) -> object:
-    if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 2)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
+    """JSON on stdout, numbers rounded as mmseg prints them, NaN as null."""
+    typer.echo(json.dumps(rounded_for_json(result), indent=2, ensure_ascii=False))

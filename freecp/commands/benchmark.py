@@ -1,0 +1,99 @@
+"""``freecp benchmark``: segment a benchmark's validation split with its preset and score it beside
+the published numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from freecp.commands import options as opt
+from freecp.commands.segment import print_summary
+from freecp.evaluate import DATASET_LAYOUTS
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def benchmark(
+    data_root: Annotated[Path, typer.Argument(help="The dataset's root folder in its standard layout.")],
+    dataset: Annotated[str, typer.Option("--dataset", help=f"One of: {', '.join(DATASET_LAYOUTS)}.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: masks/, records, benchmark.json and .md.")],
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", min=1, help="Only the split's first N images (a partial score).")
+    ] = None,
+    model: opt.Model = opt.DEFAULT_MODEL,
+    pretrained: opt.Pretrained = opt.DEFAULT_PRETRAINED,
+    clip_checkpoint: opt.ClipCheckpoint = None,
+    backbone: opt.Backbone = opt.DEFAULT_BACKBONE,
+    protocol: opt.Protocol = opt.DEFAULT_PROTOCOL,
+    purify: opt.Purify = True,
+    redundancy: opt.Redundancy = None,
+    ambiguity: opt.Ambiguity = None,
+    scope: opt.Scope = None,
+    rp_threshold: opt.RpThreshold = None,
+    ap_threshold: opt.ApThreshold = None,
+    sc_formula: opt.ScFormula = None,
+    short_side: opt.ShortSide = None,
+    window: opt.Window = None,
+    stride: opt.Stride = None,
+    window_batch: opt.WindowBatch = None,
+    max_pixels: opt.MaxPixels = None,
+    store: opt.Store = opt.DEFAULT_STORE,
+    no_encode: opt.NoEncode = False,
+    device: opt.Device = opt.DEFAULT_DEVICE,
+) -> None:
+    """Segment exactly DATA_ROOT's validation split with the dataset's preset, score it as
+    mmsegmentation does and compare with the paper; resumes like `freecp segment`.
+    Exits 1 if any image failed."""
+    from freecp.benchmark import REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
+    from freecp.clip import WeightsUnavailableError
+    from freecp.evaluate import EvaluationError
+    from freecp.settings import settings_for
+    from freecp.stores.fs import StoreError
+    from freecp.vocab import VocabularyError, load_vocabulary
+    from freecp.weights import Weights
+
+    try:
+        split = find_split(data_root, dataset, limit)
+        settings = settings_for(
+            split.layout.name, variant=backbone, protocol=protocol, purify=purify, redundancy=redundancy,
+            ambiguity=ambiguity, scope=scope, rp_threshold=rp_threshold, ap_threshold=ap_threshold,
+            sc_formula=sc_formula, short_side=short_side, window=window, stride=stride,
+            window_batch=window_batch, max_pixels=max_pixels)
+        weights = Weights(model, pretrained, str(clip_checkpoint) if clip_checkpoint else None)
+        segmenter = opt.open_segmenter(load_vocabulary(split.layout.name), settings, weights, store=store,
+                                       device=device, no_encode=no_encode, console=console)
+        report, summary = run_benchmark(segmenter, split, out, weights)
+    except (BenchmarkError, EvaluationError, VocabularyError, WeightsUnavailableError, StoreError,
+            FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    print_summary(summary, out)
+    _print_comparison(report)
+    console.print(f"report: {out / REPORT_MARKDOWN} (per class) and benchmark.json")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_comparison(report: dict) -> None:
+    """This run's scores above the published mIoU of every method on the same benchmark."""
+    metrics, published = report["metrics"], report["published"]
+    table = Table(title=f"{report['dataset']}: {report['images_scored']} of {report['images_in_split']} images")
+    for column in ("", "mIoU", "mAcc", "aAcc"):
+        table.add_column(column)
+    table.add_row(f"this run ({report['method'] or 'no published method'})",
+                  *(f"{metrics[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
+    for method, miou in published["all_methods"].items():
+        style = "bold" if method == published["method"] else None
+        table.add_row(f"published: {method}", f"{miou:.1f}", "", "", style=style)
+    console.print(table)
+    for note in report["caveats"]:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``freecp benchmark``."""
+    app.command(name="benchmark")(benchmark)

@@ -1,0 +1,26 @@
+"""Which CLIP weights a run asked for, in words that reports and warnings can use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RANDOM_PRETRAINED = ("none", "random")  # --pretrained values that mean random weights
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The model name and where its weights come from: an open_clip tag or a checkpoint file."""
+
+    model: str
+    pretrained: str
+    checkpoint: str | None = None
+
+    @property
+    def random(self) -> bool:
+        """Random weights (tests and plumbing only): asked for by tag, and no checkpoint given."""
+        return self.checkpoint is None and self.pretrained.lower() in RANDOM_PRETRAINED
+
+    def describe(self) -> str:
+        if self.checkpoint:
+            return f"{self.model} (checkpoint {self.checkpoint})"
+        return f"{self.model} ({'random' if self.random else self.pretrained})"
