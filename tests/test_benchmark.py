@@ -262,3 +262,20 @@ def test_each_method_runs_as_its_published_configuration() -> None:
     assert [published_row(v, True).method for v in ("sclip", "clearclip", "maskclip")] == [
         "SCLIP + FreeCP", "ClearCLIP + FreeCP", "MaskCLIP + FreeCP"]
     assert published_row("naclip", True) is None and published_row("clearclip", False) is None
+
+
+def test_benchmark_table_puts_the_eight_runs_above_the_published_rows(runs) -> None:
+    parent = runs["voc21"].out.parent  # every run folder of this module lies here, next to others
+    folders = [runs[name].out for name in BENCHMARK_ORDER]
+    result = invoke("benchmark-table", *folders)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "| method | VOC21 | PC60 | Obj | VOC20 | City | PC59 | ADE | Stuff | Avg |"
+    ours = [line for line in lines if line.startswith("| this run")]
+    assert len(ours) == 1 and "RANDOM WEIGHTS" in ours[0]
+    cells = [c.strip() for c in ours[0].strip("|").split("|")][1:]
+    mious = [runs[name].report["metrics"]["mIoU"] for name in BENCHMARK_ORDER]
+    assert cells == [f"{m:.2f}" for m in mious] + [f"{sum(mious) / 8:.1f}"]
+    assert "| published: SCLIP + FreeCP (ViT-B/16, OpenAI weights) | 65.8 | 35.3 | 37.2 | 84.3 | 33.3 | 38.0 | " \
+           "18.4 | 24.9 | 42.1 |" in lines
+    assert invoke("benchmark-table", parent / "nowhere").exit_code == 2

@@ -48,7 +48,7 @@ def benchmark(
     """Segment exactly DATA_ROOT's validation split with the dataset's preset, score it as
     mmsegmentation does and compare with the paper; resumes like `freecp segment`.
     Exits 1 if any image failed."""
-    from freecp.benchmark import REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
+    from freecp.benchmark import REPORT_JSON, REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
     from freecp.clip import WeightsUnavailableError
     from freecp.evaluate import EvaluationError
     from freecp.settings import settings_for
@@ -73,7 +73,7 @@ def benchmark(
         raise typer.Exit(2) from None
     print_summary(summary, out)
     _print_comparison(report)
-    console.print(f"report: {out / REPORT_MARKDOWN} (per class) and benchmark.json")
+    console.print(f"report: {out / REPORT_MARKDOWN} (per class) and {out / REPORT_JSON}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -94,6 +94,21 @@ def _print_comparison(report: dict) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def benchmark_table(
+    runs: Annotated[list[Path], typer.Argument(help="Benchmark output folders, or folders holding them.")],
+) -> None:
+    """The eight-benchmark table of finished `freecp benchmark` runs above the published rows (markdown)."""
+    from freecp.benchmark import BenchmarkError, find_reports, render_table
+
+    try:
+        table = render_table(find_reports(runs))
+    except (BenchmarkError, OSError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    typer.echo(table, nl=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``freecp benchmark``."""
+    """Add ``freecp benchmark`` and ``freecp benchmark-table``."""
     app.command(name="benchmark")(benchmark)
+    app.command(name="benchmark-table")(benchmark_table)
