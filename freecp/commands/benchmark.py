@@ -17,6 +17,7 @@ from freecp.evaluate import DATASET_LAYOUTS
 console = Console(stderr=True, soft_wrap=True)
 
 
+@opt.with_segmentation_options
 def benchmark(
     data_root: Annotated[Path, typer.Argument(help="The dataset's root folder in its standard layout.")],
     dataset: Annotated[str, typer.Option("--dataset", help=f"One of: {', '.join(DATASET_LAYOUTS)}.")],
@@ -24,26 +25,8 @@ def benchmark(
     limit: Annotated[
         Optional[int], typer.Option("--limit", min=1, help="Only the split's first N images (a partial score).")
     ] = None,
-    model: opt.Model = opt.DEFAULT_MODEL,
-    pretrained: opt.Pretrained = opt.DEFAULT_PRETRAINED,
-    clip_checkpoint: opt.ClipCheckpoint = None,
-    backbone: opt.Backbone = opt.DEFAULT_BACKBONE,
-    protocol: opt.Protocol = opt.DEFAULT_PROTOCOL,
-    purify: opt.Purify = True,
-    redundancy: opt.Redundancy = None,
-    ambiguity: opt.Ambiguity = None,
-    scope: opt.Scope = None,
-    rp_threshold: opt.RpThreshold = None,
-    ap_threshold: opt.ApThreshold = None,
-    sc_formula: opt.ScFormula = None,
-    short_side: opt.ShortSide = None,
-    window: opt.Window = None,
-    stride: opt.Stride = None,
-    window_batch: opt.WindowBatch = None,
-    max_pixels: opt.MaxPixels = None,
-    store: opt.Store = opt.DEFAULT_STORE,
-    no_encode: opt.NoEncode = False,
-    device: opt.Device = opt.DEFAULT_DEVICE,
+    *,
+    options: opt.SegmentationOptions,
 ) -> None:
     """Segment exactly DATA_ROOT's validation split with the dataset's preset, score it as
     mmsegmentation does and compare with the paper; resumes like `freecp segment`.
@@ -51,22 +34,14 @@ def benchmark(
     from freecp.benchmark import REPORT_JSON, REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
     from freecp.clip import WeightsUnavailableError
     from freecp.evaluate import EvaluationError
-    from freecp.settings import settings_for
     from freecp.stores.fs import StoreError
     from freecp.vocab import VocabularyError, load_vocabulary
-    from freecp.weights import Weights
 
     try:
         split = find_split(data_root, dataset, limit)
-        settings = settings_for(
-            split.layout.name, variant=backbone, protocol=protocol, purify=purify, redundancy=redundancy,
-            ambiguity=ambiguity, scope=scope, rp_threshold=rp_threshold, ap_threshold=ap_threshold,
-            sc_formula=sc_formula, short_side=short_side, window=window, stride=stride,
-            window_batch=window_batch, max_pixels=max_pixels)
-        weights = Weights(model, pretrained, str(clip_checkpoint) if clip_checkpoint else None)
-        segmenter = opt.open_segmenter(load_vocabulary(split.layout.name), settings, weights, store=store,
-                                       device=device, no_encode=no_encode, console=console)
-        report, summary = run_benchmark(segmenter, split, out, weights)
+        settings = options.settings(split.layout.name)
+        segmenter = options.open_segmenter(load_vocabulary(split.layout.name), settings, console)
+        report, summary = run_benchmark(segmenter, split, out, options.weights)
     except (BenchmarkError, EvaluationError, VocabularyError, WeightsUnavailableError, StoreError,
             FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/] {err}")

@@ -1,29 +1,27 @@
-"""Options of the commands that segment (``segment``, ``benchmark``), declared once, and the one
-way those options become a segmenter."""
+"""The options of every command that segments (``segment``, ``benchmark``), declared once as the
+fields of ``SegmentationOptions``, and the one way those options become settings and a segmenter."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, get_type_hints
 
 import typer
 from rich.console import Console
 
-from freecp.settings import PROTOCOLS, VARIANTS
+from freecp.settings import PROTOCOLS, VARIANTS, SegmentSettings, settings_for
+from freecp.weights import Weights
 
 if TYPE_CHECKING:
     from freecp.segmenter import Segmenter
-    from freecp.settings import SegmentSettings
     from freecp.vocab import Vocabulary
-    from freecp.weights import Weights
 
-DEFAULT_MODEL = "ViT-B-16"
-DEFAULT_PRETRAINED = "openai"
-DEFAULT_BACKBONE = "sclip"
-DEFAULT_PROTOCOL = "freecp"
-DEFAULT_DEVICE = "cpu"
 DEFAULT_STORE = os.environ.get("FREECP_STORE", "cache/store")
 
 Model = Annotated[str, typer.Option("--model", help="open_clip model name.")]
@@ -50,16 +48,76 @@ NoEncode = Annotated[bool, typer.Option("--no-encode", help="Fail instead of enc
 Device = Annotated[str, typer.Option("--device", help="Torch device, e.g. cpu or cuda.")]
 
 
-def open_segmenter(vocabulary: Vocabulary, settings: SegmentSettings, weights: Weights, *, store: str,
-                   device: str, no_encode: bool, console: Console) -> Segmenter:
-    """Build the segmenter the options describe; random weights are announced once, on ``console``."""
-    from freecp.pipeline import build_segmenter
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """Every option of a command that segments: the model, overrides of the preset, the store.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random-weights warning is printed once, below
-        segmenter = build_segmenter(vocabulary, model=weights.model, pretrained=weights.pretrained,
-                                    clip_checkpoint=weights.checkpoint, store=store, device=device,
-                                    settings=settings, encode_missing=not no_encode)
-    if weights.random:
-        console.print("[yellow]warning: random CLIP weights: the masks are meaningless (tests only)[/]")
-    return segmenter
+    The fields are the declaration: ``with_segmentation_options`` turns each into a command-line
+    option of the decorated command, with the field's type, help and default.
+    """
+
+    model: Model = "ViT-B-16"
+    pretrained: Pretrained = "openai"
+    clip_checkpoint: ClipCheckpoint = None
+    backbone: Backbone = SegmentSettings.variant
+    protocol: Protocol = SegmentSettings.protocol
+    purify: Purify = SegmentSettings.purify
+    redundancy: Redundancy = None
+    ambiguity: Ambiguity = None
+    scope: Scope = None
+    rp_threshold: RpThreshold = None
+    ap_threshold: ApThreshold = None
+    sc_formula: ScFormula = None
+    short_side: ShortSide = None
+    window: Window = None
+    stride: Stride = None
+    window_batch: WindowBatch = None
+    max_pixels: MaxPixels = None
+    store: Store = DEFAULT_STORE
+    no_encode: NoEncode = False
+    device: Device = "cpu"
+
+    @property
+    def weights(self) -> Weights:
+        return Weights(self.model, self.pretrained, str(self.clip_checkpoint) if self.clip_checkpoint else None)
+
+    def settings(self, preset: str) -> SegmentSettings:
+        """The preset of a benchmark vocabulary (defaults for any other) with these overrides."""
+        overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _SETTINGS_FIELDS}
+        return settings_for(preset, variant=self.backbone, **overrides)
+
+    def open_segmenter(self, vocabulary: Vocabulary, settings: SegmentSettings, console: Console) -> Segmenter:
+        """Build the segmenter; random weights are announced once, on ``console``."""
+        from freecp.pipeline import build_segmenter
+
+        weights = self.weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning is printed once, below
+            segmenter = build_segmenter(vocabulary, model=weights.model, pretrained=weights.pretrained,
+                                        clip_checkpoint=weights.checkpoint, store=self.store, device=self.device,
+                                        settings=settings, encode_missing=not self.no_encode)
+        if weights.random:
+            console.print("[yellow]warning: random CLIP weights: the masks are meaningless (tests only)[/]")
+        return segmenter
+
+
+# Options that are fields of SegmentSettings under the same name (backbone is its ``variant``).
+_SETTINGS_FIELDS = ("protocol", "purify", "redundancy", "ambiguity", "scope", "rp_threshold", "ap_threshold",
+                    "sc_formula", "short_side", "window", "stride", "window_batch", "max_pixels")
+
+
+def with_segmentation_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` every ``SegmentationOptions`` field as an option; it receives them as one
+    keyword argument, ``options``. Typer reads the combined signature set here."""
+    hints = get_type_hints(SegmentationOptions, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in fields(SegmentationOptions)]
+    own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "options"]
+
+    @functools.wraps(command)
+    def with_options(**values: Any) -> None:
+        options = SegmentationOptions(**{f.name: values.pop(f.name) for f in fields(SegmentationOptions)})
+        command(options=options, **values)
+
+    with_options.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+    return with_options

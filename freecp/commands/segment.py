@@ -14,51 +14,26 @@ from freecp.commands.options import DEFAULT_STORE  # noqa: F401  (the flows impo
 console = Console(stderr=True, soft_wrap=True)
 
 
+@opt.with_segmentation_options
 def segment(
     images: Path = typer.Argument(..., help="An image file or a folder (searched recursively)."),
     vocab: str = typer.Option(..., "--vocab", help="Shipped vocabulary name (voc21, ade150, ...) or a file."),
     out: Path = typer.Option(..., "--out", help="Output folder: masks/, overlays/, records.parquet."),
-    model: opt.Model = opt.DEFAULT_MODEL,
-    pretrained: opt.Pretrained = opt.DEFAULT_PRETRAINED,
-    clip_checkpoint: opt.ClipCheckpoint = None,
-    backbone: opt.Backbone = opt.DEFAULT_BACKBONE,
-    protocol: opt.Protocol = opt.DEFAULT_PROTOCOL,
-    purify: opt.Purify = True,
-    redundancy: opt.Redundancy = None,
-    ambiguity: opt.Ambiguity = None,
-    scope: opt.Scope = None,
-    rp_threshold: opt.RpThreshold = None,
-    ap_threshold: opt.ApThreshold = None,
-    sc_formula: opt.ScFormula = None,
-    short_side: opt.ShortSide = None,
-    window: opt.Window = None,
-    stride: opt.Stride = None,
-    window_batch: opt.WindowBatch = None,
-    max_pixels: opt.MaxPixels = None,
-    store: opt.Store = opt.DEFAULT_STORE,
-    no_encode: opt.NoEncode = False,
-    device: opt.Device = opt.DEFAULT_DEVICE,
+    *,
+    options: opt.SegmentationOptions,
 ) -> None:
     """Segment IMAGES against a vocabulary; exits 1 if any image failed."""
     from freecp.clip import WeightsUnavailableError
     from freecp.pipeline import segment_folder
-    from freecp.settings import settings_for
     from freecp.stores.fs import StoreError
     from freecp.vocab import VocabularyError, load_vocabulary
-    from freecp.weights import Weights
 
     try:
         vocabulary = load_vocabulary(vocab)
-        settings = settings_for(
-            vocabulary.name, variant=backbone, protocol=protocol, purify=purify, redundancy=redundancy,
-            ambiguity=ambiguity, scope=scope, rp_threshold=rp_threshold, ap_threshold=ap_threshold,
-            sc_formula=sc_formula, short_side=short_side, window=window, stride=stride,
-            window_batch=window_batch, max_pixels=max_pixels)
+        settings = options.settings(vocabulary.name)
         if not images.exists():
             raise FileNotFoundError(f"{images} does not exist")
-        weights = Weights(model, pretrained, str(clip_checkpoint) if clip_checkpoint else None)
-        segmenter = opt.open_segmenter(vocabulary, settings, weights, store=store, device=device,
-                                       no_encode=no_encode, console=console)
+        segmenter = options.open_segmenter(vocabulary, settings, console)
         summary = segment_folder(segmenter, images, out)
     except (VocabularyError, WeightsUnavailableError, StoreError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/] {err}")
