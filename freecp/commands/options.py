@@ -101,9 +101,8 @@ class SegmentationOptions:
         return segmenter
 
 
-# Options that are fields of SegmentSettings under the same name (backbone is its ``variant``).
-_SETTINGS_FIELDS = ("protocol", "purify", "redundancy", "ambiguity", "scope", "rp_threshold", "ap_threshold",
-                    "sc_formula", "short_side", "window", "stride", "window_batch", "max_pixels")
+# Options that are SegmentSettings fields under the same name (--backbone is its ``variant``).
+_SETTINGS_FIELDS = frozenset(f.name for f in fields(SegmentSettings))
 
 
 def with_segmentation_options(command: Callable[..., None]) -> Callable[..., None]:
