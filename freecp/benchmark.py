@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from freecp.evaluate import DatasetLayout, dataset_layout, evaluate_dataset, rounded_for_json, validation_keys
+from freecp.evaluate import (
+    DatasetLayout,
+    check_annotations,
+    dataset_layout,
+    evaluate_dataset,
+    rounded_for_json,
+    validation_keys,
+)
 from freecp.pipeline import RunSummary, segment_folder
 from freecp.published import (
     BENCHMARK_ORDER,
@@ -66,7 +73,7 @@ class Split:
 
 def find_split(data_root: Path, dataset: str, limit: int | None = None) -> Split:
     """The split of ``dataset`` under ``data_root`` (its first ``limit`` images if given); every
-    image must exist, so a wrong root fails here and not image by image."""
+    image and annotation must exist, so a wrong root fails here and not after segmenting."""
     layout = dataset_layout(dataset)
     data_root = Path(data_root)
     keys = validation_keys(data_root, layout)
@@ -78,6 +85,7 @@ def find_split(data_root: Path, dataset: str, limit: int | None = None) -> Split
     if absent:
         raise BenchmarkError(f"{len(absent)} of {len(chosen)} images of the split ({split.source}) are missing, "
                              f"e.g. {absent[0]}")
+    check_annotations(data_root, layout, chosen)
     return split
 
 

@@ -189,12 +189,7 @@ def pair_keys(pred_dir: Path, data_root: Path, layout: DatasetLayout, keys: Sequ
     gt_root = _existing_dir(Path(data_root) / layout.gt_dir, f"{layout.name} annotation folder")
     if not keys:
         raise EvaluationError(f"no *{layout.gt_suffix} annotations found in {gt_root}")
-    absent = [k for k in keys if not (gt_root / (k + layout.gt_suffix)).is_file()]
-    if absent:
-        raise EvaluationError(
-            f"{len(absent)} of {len(keys)} images have no annotation in {gt_root}, "
-            f"e.g. {absent[0]}{layout.gt_suffix}"
-        )
+    check_annotations(data_root, layout, keys)
     pairs, missing = [], []
     for key in keys:
         prediction = pred_root / layout.prediction_name(key)
@@ -203,6 +198,17 @@ def pair_keys(pred_dir: Path, data_root: Path, layout: DatasetLayout, keys: Sequ
         else:
             missing.append(key)
     return Pairing(pairs, missing)
+
+
+def check_annotations(data_root: Path, layout: DatasetLayout, keys: Sequence[str]) -> None:
+    """Refuse keys without an annotation file, naming how many and one of them."""
+    gt_root = Path(data_root) / layout.gt_dir
+    absent = [k for k in keys if not (gt_root / (k + layout.gt_suffix)).is_file()]
+    if absent:
+        raise EvaluationError(
+            f"{len(absent)} of {len(keys)} images have no annotation in {gt_root}, "
+            f"e.g. {absent[0]}{layout.gt_suffix}"
+        )
 
 
 def _listed_keys(data_root: Path, layout: DatasetLayout) -> list[str]:

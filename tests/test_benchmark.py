@@ -244,6 +244,15 @@ def test_a_split_image_that_is_missing_is_one_clear_error(synthetic_roots, store
     assert result.exit_code == 2 and "unknown dataset 'kitti'" in result.output
 
 
+def test_a_split_image_without_annotation_is_refused_before_anything_is_segmented(synthetic_roots, tmp_path) -> None:
+    root = tmp_path / "ADEChallengeData2016"
+    shutil.copytree(synthetic_roots["ade150"], root)
+    (root / "annotations" / "validation" / "ADE_val_00000002.png").unlink()
+    result = invoke("benchmark", root, "--dataset", "ade150", "--out", tmp_path / "out", *TINY)
+    assert result.exit_code == 2 and "1 of 2 images have no annotation" in result.output
+    assert "ADE_val_00000002.png" in result.output and not (tmp_path / "out").exists()
+
+
 def test_published_table_is_the_one_in_the_design_notes() -> None:
     algorithm = SHARED / "design" / "ALGORITHM.md"
     if not algorithm.is_file():
