@@ -4,7 +4,7 @@ Incremental by construction: ``segment_one`` skips an image whose outputs exist 
 image content and run key (model, vocabulary, embeddings, settings hash), so a re-run does only
 new or changed images and a run killed halfway redoes only what is missing. The per-image tasks
 run on a thread pool, or on a Dask cluster when ``dask_address`` is given; either way each
-process loads the model once (``flows.segmenters``). Tasks return small record dicts; masks go
+process loads the model once (``freecp.flows.segmenters``). Tasks return small record dicts; masks go
 to ``out`` and are never Prefect results.
 """
 
@@ -19,10 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.report import count_statuses, publish_segment_report
-from flows.retry import transient_failure
-from flows.segmenters import SegmenterSpec, segmenter_for
-from flows.vocabulary import VocabSource, load_vocabulary_task
+from freecp.flows.report import count_statuses, publish_segment_report
+from freecp.flows.retry import transient_failure
+from freecp.flows.segmenters import SegmenterSpec, segmenter_for
+from freecp.flows.vocabulary import VocabSource, load_vocabulary_task
 from freecp import pipeline
 from freecp.commands.segment import DEFAULT_STORE
 from freecp.settings import settings_for

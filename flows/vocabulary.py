@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from flows.report import publish_summary
-from flows.retry import transient_failure
+from freecp.flows.report import publish_summary
+from freecp.flows.retry import transient_failure
 from freecp import encoding
 from freecp.commands.segment import DEFAULT_STORE
 from freecp.describe import run as describe_run

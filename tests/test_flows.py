@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.states import Failed
 
-from flows import segmenters
-from flows.report import most_common, segment_summary_markdown, segment_table, summary_markdown
-from flows.retry import transient_failure
-from flows.segment import segment_images
-from flows.vocabulary import encode_vocabulary
+from freecp.flows import segmenters
+from freecp.flows.report import most_common, segment_summary_markdown, segment_table, summary_markdown
+from freecp.flows.retry import transient_failure
+from freecp.flows.segment import segment_images
+from freecp.flows.vocabulary import encode_vocabulary
 from freecp.describe.run import DescribeSummary
 from freecp.stores.embeddings import ModelMismatchError
 from freecp.stores.fs import StoreError

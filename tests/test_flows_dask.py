@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from flows import segmenters
-from flows.segment import segment_images
+from freecp.flows import segmenters
+from freecp.flows.segment import segment_images
 from tests.fixtures_prefect import FLOW_VOCAB, TINY_CLIP, VOC_MINI
 
 

@@ -29,7 +29,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-open_clip.add_model_config(Path(__file__).parent / "model_configs")
+from freecp.resources import MODEL_CONFIGS, shipped
+
+open_clip.add_model_config(shipped(MODEL_CONFIGS))
 
 RANDOM_TAGS = (None, "", "none", "random")
 NACLIP_GAUSSIAN_STD = 5.0  # patches
