@@ -24,7 +24,7 @@ from freecp.flows.retry import transient_failure
 from freecp.flows.segmenters import SegmenterSpec, segmenter_for
 from freecp.flows.vocabulary import VocabSource, load_vocabulary_task
 from freecp import pipeline
-from freecp.commands.segment import DEFAULT_STORE
+from freecp.defaults import DEFAULT_STORE
 from freecp.settings import settings_for
 
 FAILED_IN_MESSAGE = 20  # the state message lists this many failures; the artifact lists all

@@ -19,14 +19,12 @@ from prefect.states import Completed, Failed, State
 from freecp.flows.report import publish_summary
 from freecp.flows.retry import transient_failure
 from freecp import encoding
-from freecp.commands.segment import DEFAULT_STORE
+from freecp.defaults import DEFAULT_CACHE, DEFAULT_MAX_TOKENS, DEFAULT_STORE, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL
 from freecp.describe import run as describe_run
-from freecp.describe.serve import DEFAULT_VLLM_MODEL
 from freecp.stores.embeddings import EncodeSummary
 from freecp.vocab import Vocabulary, load_vocabulary
 
 VocabSource = str | list[str]
-DEFAULT_CACHE = "cache"  # the description cache root `freecp describe` uses by default
 
 
 @task(name="load-vocabulary", cache_policy=NO_CACHE, persist_result=False)
@@ -73,8 +71,8 @@ def describe_vocabulary(
     cache: str = DEFAULT_CACHE,
     per_class: int = 20,
     concurrency: int = 8,
-    temperature: float = describe_run.DEFAULT_TEMPERATURE,
-    max_tokens: int = describe_run.DEFAULT_MAX_TOKENS,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     max_requests: int | None = None,
 ) -> State:
     """Ask the LLM for visual descriptions of every class the description cache lacks.
@@ -123,8 +121,8 @@ def build_vocabulary(
     clip_checkpoint: str | None = None,
     per_class: int = 20,
     concurrency: int = 8,
-    temperature: float = describe_run.DEFAULT_TEMPERATURE,
-    max_tokens: int = describe_run.DEFAULT_MAX_TOKENS,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     max_requests: int | None = None,
     device: str = "cpu",
 ) -> State:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from freecp.io import ImageReadError, read_label_map
-from freecp.stores.fs import TEMP_PREFIX
+from freecp.files import TEMP_PREFIX
 from freecp.vocab import load_vocabulary
 
 IGNORE_INDEX = 255

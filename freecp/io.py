@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from freecp.stores.fs import atomic_write
+from freecp.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

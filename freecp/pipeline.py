@@ -26,7 +26,7 @@ from freecp.clip import embed_vocabulary, load_backbone
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, safe_output_path, write_mask, write_overlay
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
-from freecp.stores.fs import atomic_write
+from freecp.files import atomic_write
 from freecp.vocab import Vocabulary
 
 RECORDS_DIR = ".records"

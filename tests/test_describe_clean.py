@@ -1,6 +1,7 @@
 """Cleaning LLM answers into short visual descriptions."""
 
-from freecp.describe.clean import clean_answer, merge_descriptions, parse_answer
+from freecp.dedup import merge_descriptions
+from freecp.describe.clean import clean_answer, parse_answer
 
 
 def test_numbered_list_with_chatter_duplicates_and_a_cut_off_end():

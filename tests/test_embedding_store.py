@@ -27,7 +27,7 @@ from freecp.stores.embeddings import (
     ModelMismatchError,
     model_dir,
 )
-from freecp.stores.fs import TEMP_PREFIX
+from freecp.files import TEMP_PREFIX
 from freecp.vocab import Vocabulary, load_vocabulary
 
 VOCAB_A = ["background: sky", "cat, kitty", "dog"]

@@ -21,7 +21,7 @@ from freecp.io import (
     write_mask,
     write_overlay,
 )
-from freecp.stores.fs import TEMP_PREFIX
+from freecp.files import TEMP_PREFIX
 from tests.shared_data import VOC_MINI
 
 VOC_GT = VOC_MINI / "SegmentationClass"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, get_type_hints
 import typer
 from rich.console import Console
 
+from freecp.defaults import DEFAULT_STORE
 from freecp.settings import PROTOCOLS, VARIANTS, SegmentSettings, settings_for
 from freecp.weights import Weights
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from freecp.segmenter import Segmenter
     from freecp.vocab import Vocabulary
 
-DEFAULT_STORE = os.environ.get("FREECP_STORE", "cache/store")
 
 Model = Annotated[str, typer.Option("--model", help="open_clip model name.")]
 Pretrained = Annotated[str, typer.Option("--pretrained", help="open_clip pretrained tag, or 'none' for random weights.")]

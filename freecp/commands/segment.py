@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from freecp.commands import options as opt
-from freecp.commands.options import DEFAULT_STORE  # noqa: F401  (the flows import it from here)
 
 console = Console(stderr=True, soft_wrap=True)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 
+from freecp.dedup import comparison_key
+
 CLEANING_VERSION = "1"
 MIN_CHARS = 8
 MIN_WORDS = 2
@@ -62,15 +64,15 @@ def parse_answer(text: str, truncated: bool = False) -> list[str]:
 
 def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str]:
     """Normalise items and drop chatter, refusals, non-visual facts, duplicates and bad lengths."""
-    names = {_key(n) for n in class_names}
-    names |= {_key(f"{article} {n}") for n in class_names for article in ("a", "an", "the")}
+    names = {comparison_key(n) for n in class_names}
+    names |= {comparison_key(f"{article} {n}") for n in class_names for article in ("a", "an", "the")}
     kept: list[str] = []
     seen: set[str] = set()
     for item in items:
         if str(item).rstrip().endswith(":"):  # a heading such as "Colours:" introduces items
             continue
         text = _normalise(item)
-        key = _key(text)
+        key = comparison_key(text)
         if not key or key in seen or key in names or not _acceptable(text):
             continue
         seen.add(key)
@@ -81,19 +83,6 @@ def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str
 def clean_answer(text: str, class_names: tuple[str, ...] = (), truncated: bool = False) -> list[str]:
     """``parse_answer`` then ``clean_items``: the descriptions one answer contributes."""
     return clean_items(parse_answer(text, truncated=truncated), class_names)
-
-
-def merge_descriptions(lists: list[list[str]]) -> list[str]:
-    """Concatenate description lists in order, dropping case/punctuation-insensitive repeats."""
-    merged: list[str] = []
-    seen: set[str] = set()
-    for descriptions in lists:
-        for text in descriptions:
-            key = _key(text)
-            if key and key not in seen:
-                seen.add(key)
-                merged.append(text)
-    return merged
 
 
 def _json_items(body: str) -> list[str] | None:
@@ -140,7 +129,3 @@ def _acceptable(text: str) -> bool:
     if sum(ch.isalpha() for ch in text) < len(text) / 2:
         return False
     return not (_CHATTER.search(text) or _NON_VISUAL.search(text) or _CODE.search(text))
-
-
-def _key(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())

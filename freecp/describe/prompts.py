@@ -19,10 +19,10 @@ from pathlib import Path
 
 import jinja2
 
+from freecp.defaults import PROMPT_SET
 from freecp.resources import PROMPTS, shipped
 from freecp.vocab import ClassEntry
 
-PROMPT_SET = "descriptions-v1"
 VICUNA_TEMPLATE = "vicuna-v1.1.jinja"
 ITEMS_PER_ANSWER = 10
 _QUESTION_FILE = re.compile(r"^(\d+)-([a-z0-9_-]+)\.jinja$")

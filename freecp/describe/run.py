@@ -17,15 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from freecp.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, PROMPT_SET
 from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableError
 from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
-from freecp.describe.prompts import PROMPT_SET
 from freecp.describe.serve import LocalServer, server_command
 from freecp.stores.descriptions import SOURCE_SERVER, CacheEntry, DescriptionCache
 from freecp.vocab import Vocabulary
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_MAX_TOKENS = 400
 FLUSH_EVERY = 16
 FLUSH_SECONDS = 5.0
 

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import httpx
 
+from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
 from freecp.describe.client import LLMUnavailableError
 from freecp.describe.convert import convert_smollm2
 from freecp.describe.prompts import vicuna_template_path
 
-DEFAULT_VLLM_MODEL = "lmsys/vicuna-13b-v1.5"
 SMALL_VLLM_MODEL = "lmsys/vicuna-7b-v1.5"
-SMOLLM2_NAME = "smollm2-135m-instruct"
 MODELS_DIR_ENV = "FREECP_MODELS_DIR"
 DEFAULT_MODELS_DIR = Path("cache") / "models"
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}

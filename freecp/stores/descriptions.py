@@ -30,8 +30,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from freecp.describe.clean import merge_descriptions
-from freecp.stores.fs import StoreError, StoreRoot, atomic_write, open_root
+from freecp.dedup import merge_descriptions
+from freecp.files import atomic_write
+from freecp.stores.fs import StoreError, StoreRoot, open_root
 from freecp.vocab import Vocabulary
 
 SHARD_DIR = "descriptions/shards"

@@ -20,8 +20,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-TEMP_PREFIX = ".tmp-"
-
+from freecp.files import TEMP_PREFIX
 
 class StoreError(RuntimeError):
     """A store that cannot be reached or read; the message says which and why."""
@@ -81,19 +80,6 @@ class StoreRoot:
 
     def delete(self, relative: str) -> None:
         self.fs.delete_file(self.path(relative))
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a local file whole or not at all: a hidden temporary name beside it, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def open_root(url: str | Path) -> StoreRoot:
