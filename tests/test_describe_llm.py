@@ -98,7 +98,7 @@ def test_run_interrupted_by_a_stopped_server_resumes_without_loss(
     assert url.startswith("http://127.0.0.1:") and model == llm_server.model
     vocab = load_vocabulary(["cat"])
     cache = DescriptionCache(tmp_path / "cache")
-    options = dict(per_class=50, max_requests=4, max_tokens=32, concurrency=1, retries=1, backoff=0.05,
+    options = dict(per_class=50, max_requests=4, max_tokens=32, concurrency=1, retries=1,
                    progress=False)
     outcome: dict[str, BaseException] = {}
 

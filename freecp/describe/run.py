@@ -77,7 +77,6 @@ def describe_vocabulary(
     progress: bool = True,
     timeout: float = 300.0,
     retries: int = 4,
-    backoff: float = 1.0,
     max_requests: int | None = None,
     structured: bool | None = None,
     prompt_set: str = PROMPT_SET,
@@ -97,7 +96,7 @@ def describe_vocabulary(
                         max_tokens=max_tokens, max_requests=max_requests, prompt_set=prompt_set)
     summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans))
     connector = _Connector(llm_url, llm_model, model, concurrency=concurrency, timeout=timeout, retries=retries,
-                           backoff=backoff, structured=structured, vllm_bin=vllm_bin)
+                           structured=structured, vllm_bin=vllm_bin)
     runner = _Runner(store, plans, connector, summary, progress)
     try:
         asyncio.run(runner.run())

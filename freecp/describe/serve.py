@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import openai
 
 from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
-from freecp.describe.client import LLMUnavailableError
+from freecp.describe.client import NO_API_KEY, LLMUnavailableError
 from freecp.describe.convert import convert_smollm2
 from freecp.describe.prompts import vicuna_template_path
 
@@ -217,19 +217,20 @@ class LocalServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        probe = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-        with httpx.Client(timeout=60.0, trust_env=False) as http:
+        probe = [{"role": "user", "content": "Hi"}]
+        api = openai.OpenAI(base_url=self.url, api_key=NO_API_KEY, timeout=60.0, max_retries=0,
+                            http_client=openai.DefaultHttpxClient(trust_env=False))
+        with api:
             while time.monotonic() < deadline:
                 if not self.running():
                     raise LLMUnavailableError(
                         f"the {self.command.kind} server exited while starting; last log lines:\n{self._log_tail()}"
                     )
                 try:
-                    if http.get(f"{self.url}/models").status_code == 200:
-                        answer = http.post(f"{self.url}/chat/completions", json=probe)
-                        if answer.status_code == 200:
-                            return
-                except httpx.HTTPError:
+                    api.models.list()
+                    api.chat.completions.create(model=self.model, messages=probe, max_tokens=1)
+                    return
+                except openai.APIError:
                     pass
                 time.sleep(0.5)
         raise LLMUnavailableError(f"the {self.command.kind} server did not answer within {timeout:g} s; "
