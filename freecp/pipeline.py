@@ -169,7 +169,8 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
         record.error = str(err)
     else:
         write_mask(out_dir / record.mask, result.labels, len(segmenter.vocab))
-        write_overlay(out_dir / record.overlay, image, result.labels, len(segmenter.vocab))
+        write_overlay(out_dir / record.overlay, image, result.labels, len(segmenter.vocab),
+                      class_names=segmenter.vocab.class_names)
         record.status = "done"
         record.height, record.width = image.shape[:2]
         record.classes_present = result.classes_present(segmenter.vocab)

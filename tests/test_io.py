@@ -261,6 +261,29 @@ def test_write_overlay_blends_image_and_class_colours(tmp_path: Path) -> None:
     assert out[8, 13].tolist() == pytest.approx([164, 100, 100], abs=8)
 
 
+def test_overlay_legend_shows_the_colour_of_each_class_present(tmp_path: Path) -> None:
+    image = np.full((40, 200, 3), 200, dtype=np.uint8)
+    labels = np.zeros((40, 200), dtype=np.int64)
+    labels[:, 100:] = 15  # person: (192, 128, 128); classes 1..14 are absent
+    names = ["background", *[f"absent {i}" for i in range(1, 15)], "person"]
+    write_overlay(tmp_path / "x.jpg", image, labels, 21, alpha=0.5, class_names=names + ["x"] * 5)
+    with Image.open(tmp_path / "x.jpg") as written:
+        out = np.asarray(written.convert("RGB")).astype(int)
+    assert out.shape[0] > 40 and out.shape[1] == 200  # the legend is a strip under the image
+    legend = out[40:]
+    colours = palette(21)
+
+    def shows(colour: np.ndarray) -> bool:  # a swatch: a block of pixels of that colour (JPEG-close)
+        return int((np.abs(legend - colour.astype(int)).max(axis=2) <= 12).sum()) >= 50
+
+    assert shows(colours[0]) and shows(colours[15])
+    assert not shows(colours[1]) and not shows(colours[14])
+    plain = tmp_path / "plain.jpg"
+    write_overlay(plain, image, labels, 21, alpha=0.5)
+    with Image.open(plain) as written:
+        assert written.size == (200, 40)  # no names, no legend
+
+
 def test_write_overlay_refuses_mismatched_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not match"):
         write_overlay(tmp_path / "x.jpg", _rgb(8, 8), np.zeros((8, 9), dtype=np.int64), 2)
