@@ -9,6 +9,7 @@ this process's Prefect settings at the same server.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -116,6 +117,14 @@ def prefect_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> s
 PROJECT = Path(__file__).resolve().parents[1]
 POOL = "freecp"
 SAMPLES = sample_images()  # three shipped photos: the flow tests need no ../shared
+
+
+def copy_samples(folder: Path) -> list[str]:
+    """Copy the shipped sample photos (not their README) into a new ``folder``; their stems, sorted."""
+    folder.mkdir(parents=True)
+    for photo in SAMPLES.glob("*.jpg"):
+        shutil.copy(photo, folder / photo.name)
+    return sorted(p.stem for p in folder.iterdir())
 FLOW_VOCAB = ["background: sky, wall", "cat, kitten", "person"]  # small: few texts to encode and describe
 TINY_CLIP = {"model": "freecp-tiny", "pretrained": "none"}  # random weights: outputs are plumbing, not meaning
 

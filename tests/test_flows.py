@@ -26,12 +26,12 @@ from freecp.stores.fs import StoreError
 from freecp.vocab import VocabularyError
 from tests.fixtures_prefect import FLOW_VOCAB as VOCAB
 from tests.fixtures_prefect import TINY_CLIP as TINY
-from tests.fixtures_prefect import VOC_MINI, flow_run_artifacts
+from tests.fixtures_prefect import SAMPLES, copy_samples, flow_run_artifacts
 
 
 def test_segment_images_records_a_bad_image_and_fails_the_run(prefect_api: str, tmp_path: Path) -> None:
     images, out, store = tmp_path / "images", tmp_path / "out", tmp_path / "store"
-    shutil.copytree(VOC_MINI, images)
+    good = copy_samples(images)
     (images / "broken.jpg").write_bytes(b"this is not a JPEG")
     builds_before = segmenters.builds()
 
@@ -41,7 +41,6 @@ def test_segment_images_records_a_bad_image_and_fails_the_run(prefect_api: str, 
     assert "3 done, 0 skipped, 1 failed" in state.message
     assert "broken.jpg" in state.message
     assert segmenters.builds() - builds_before == 1  # one model for the preparation and all images
-    good = sorted(p.stem for p in VOC_MINI.iterdir())
     assert sorted(p.stem for p in (out / "masks").iterdir()) == good
     rows = {r["path"]: r for r in pq.read_table(out / "records.parquet").to_pylist()}
     assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["error"]
@@ -63,7 +62,7 @@ def test_segment_images_records_a_bad_image_and_fails_the_run(prefect_api: str, 
 def test_segment_images_completes_and_changed_settings_redo_the_work(prefect_api: str, tmp_path: Path) -> None:
     images, out, store = tmp_path / "images", tmp_path / "out", tmp_path / "store"
     images.mkdir()
-    shutil.copy(VOC_MINI / "2011_000003.jpg", images / "one.jpg")
+    shutil.copy(SAMPLES / "cat.jpg", images / "one.jpg")
     common = dict(images=str(images), vocab=VOCAB, out=str(out), store=str(store), return_state=True, **TINY)
 
     first = segment_images(**common)
@@ -79,7 +78,7 @@ def test_segment_images_completes_and_changed_settings_redo_the_work(prefect_api
     ({"stride": 999}, "stride must be positive and at most the window size"),
 ])
 def test_bad_input_fails_the_run_with_its_reason(prefect_api: str, tmp_path: Path, bad: dict, reason: str) -> None:
-    params = dict(images=str(VOC_MINI), vocab=VOCAB, out=str(tmp_path / "out"), store=str(tmp_path / "store"), **TINY)
+    params = dict(images=str(SAMPLES), vocab=VOCAB, out=str(tmp_path / "out"), store=str(tmp_path / "store"), **TINY)
     state = segment_images(**{**params, **bad}, return_state=True)
     assert state.is_failed()
     assert reason in state.message

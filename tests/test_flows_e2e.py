@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from PIL import Image
 from tests.processes import stop_process
 from tests.fixtures_prefect import FLOW_VOCAB as VOCAB
 from tests.fixtures_prefect import TINY_CLIP as TINY
-from tests.fixtures_prefect import SAMPLES, flow_run_artifacts, prefect_cli
+from tests.fixtures_prefect import copy_samples, flow_run_artifacts, prefect_cli
 
 SMALL_WINDOWS = {"short_side": 224, "window": 224, "stride": 112}  # fewer windows: this test is about plumbing
 RUN_TIMEOUT = 420
@@ -81,7 +80,7 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     from freecp.vocab import load_vocabulary
 
     cache, store, out, images = (tmp_path / n for n in ("cache", "store", "out", "images"))
-    shutil.copytree(SAMPLES, images, ignore=shutil.ignore_patterns("*.md"))
+    names = copy_samples(images)
     vocabulary = load_vocabulary(VOCAB)
 
     # --- a new vocabulary: describe with the real LLM server, encode with CLIP (random weights)
@@ -113,7 +112,6 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
                "no_encode": True, **TINY, **SMALL_WINDOWS}
     first_id, code = _run_deployment("segment-images/nightly", nightly, prefect_env, worker)
     assert code == 0
-    names = sorted(p.stem for p in images.iterdir())
     for name in names:
         mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
         assert mask.shape == np.asarray(Image.open(images / f"{name}.jpg")).shape[:2]

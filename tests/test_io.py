@@ -22,7 +22,7 @@ from freecp.io import (
     write_overlay,
 )
 from freecp.files import TEMP_PREFIX
-from tests.shared_data import VOC_MINI
+from tests.shared_data import VOC_MINI, needs_voc_mini
 
 VOC_GT = VOC_MINI / "SegmentationClass"
 LIMIT = 10_000_000
@@ -194,6 +194,7 @@ def test_image_at_the_limit_is_accepted(tmp_path: Path) -> None:
         read_image(tmp_path / "ok.png", 99)
 
 
+@needs_voc_mini
 def test_palette_matches_the_one_in_voc_annotations() -> None:
     colours = palette(256)
     with Image.open(VOC_GT / "2011_000003.png") as gt:
@@ -204,6 +205,7 @@ def test_palette_matches_the_one_in_voc_annotations() -> None:
     assert len({tuple(c) for c in palette(1000)}) == 1000
 
 
+@needs_voc_mini
 def test_read_label_map_gives_indices_not_colours() -> None:
     labels = read_label_map(VOC_GT / "2011_000003.png")
     assert labels.shape == (338, 500)
