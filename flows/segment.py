@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from freecp.flows.hints import prefect_wording
 from freecp.flows.report import count_statuses, publish_segment_report
 from freecp.flows.retry import transient_failure
 from freecp.flows.segmenters import SegmenterSpec, segmenter_for
@@ -51,7 +52,8 @@ def task_runner_for(dask_address: str | None, threads: int) -> TaskRunner:
 def prepare_segmenter(spec: SegmenterSpec, encode: bool) -> None:
     """Build the segmenter once before fanning out: bad settings or a bad store fail here, and
     texts the store lacks are encoded by this one process, not by every worker."""
-    segmenter_for(spec, encode_missing=encode)
+    with prefect_wording():
+        segmenter_for(spec, encode_missing=encode)
 
 
 @task(name="find-images", cache_policy=NO_CACHE, persist_result=False)

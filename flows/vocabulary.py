@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
+from freecp.flows.hints import prefect_wording
 from freecp.flows.report import publish_summary
 from freecp.flows.retry import transient_failure
 from freecp import encoding
@@ -55,10 +56,11 @@ def describe_task(vocabulary: Vocabulary, llm_url: str | None, llm_model: str, c
       cache_policy=NO_CACHE, persist_result=False)
 def encode_task(vocabulary: Vocabulary, store: str, model: str, pretrained: str, clip_checkpoint: str | None,
                 descriptions: str | None, device: str) -> EncodeSummary:
-    summary = encoding.encode_vocabulary(
-        vocabulary, store=store, model=model, pretrained=pretrained, clip_checkpoint=clip_checkpoint,
-        descriptions=descriptions, device=device, progress=False,
-    )
+    with prefect_wording():
+        summary = encoding.encode_vocabulary(
+            vocabulary, store=store, model=model, pretrained=pretrained, clip_checkpoint=clip_checkpoint,
+            descriptions=descriptions, device=device, progress=False,
+        )
     get_run_logger().info(summary.line())
     return summary
 
@@ -83,7 +85,7 @@ def describe_vocabulary(
     vocabulary = load_vocabulary_task(vocab)
     summary = describe_task(vocabulary, llm_url, llm_model, cache, per_class, concurrency, temperature, max_tokens,
                             max_requests)
-    publish_summary("describe-vocabulary-summary", f"describe-vocabulary: {vocabulary.name}", summary)
+    publish_describe_summary(summary)
     message = (f"{summary.classes_done}/{summary.classes_total} classes, {summary.requests_sent} requests, "
                f"{summary.cache_hits} cache hits, {len(summary.short)} short")
     if summary.failed:
@@ -105,8 +107,16 @@ def encode_vocabulary(
     """Encode the class names (and the cached descriptions) the embedding store lacks."""
     vocabulary = load_vocabulary_task(vocab)
     summary = encode_task(vocabulary, store, model, pretrained, clip_checkpoint, descriptions, device)
-    publish_summary("encode-vocabulary-summary", f"encode-vocabulary: {vocabulary.name}", summary)
+    publish_encode_summary(summary)
     return summary
+
+
+def publish_describe_summary(summary: describe_run.DescribeSummary) -> None:
+    publish_summary("describe-vocabulary-summary", f"describe-vocabulary: {summary.vocabulary}", summary)
+
+
+def publish_encode_summary(summary: EncodeSummary) -> None:
+    publish_summary("encode-vocabulary-summary", f"encode-vocabulary: {summary.vocabulary}", summary)
 
 
 @flow(name="build-vocabulary")
@@ -129,11 +139,14 @@ def build_vocabulary(
     """A new vocabulary end to end: describe its classes, then encode names and descriptions.
 
     Encoding waits for a complete describe step: if it fails, the run ends with its state and a
-    re-run (which finds every saved answer in the cache) finishes the job.
+    re-run (which finds every saved answer in the cache) finishes the job. The run carries the
+    summary artifacts of both steps (each subflow run has its own too).
     """
     described = describe_vocabulary(vocab, llm_url, llm_model, cache, per_class, concurrency, temperature,
                                     max_tokens, max_requests, return_state=True)
     if not described.is_completed():
         return described
     encoded = encode_vocabulary(vocab, store, model, pretrained, clip_checkpoint, cache, device)
+    publish_describe_summary(described.result())
+    publish_encode_summary(encoded)
     return Completed(message=f"describe: {described.message}; encode: {encoded.line()}")

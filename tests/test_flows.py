@@ -133,3 +133,12 @@ def test_describe_summary_lists_short_classes_readably() -> None:
     markdown = summary_markdown("describe-vocabulary: pets", summary)
     assert "| short | kitten: 3, answers kept too few items |" in markdown
     assert "| failed | none |" in markdown
+
+
+def test_missing_clip_weights_name_the_deployment_parameters(prefect_api: str, tmp_path: Path) -> None:
+    """The remedy in a flow run's message is what a deployment run takes, not a CLI flag."""
+    state = encode_vocabulary(vocab=VOCAB, store=str(tmp_path / "store"), model="freecp-tiny", pretrained="openai",
+                              return_state=True)
+    assert state.is_failed()
+    assert "--param clip_checkpoint=FILE" in state.message and "--param pretrained=none" in state.message
+    assert "--pretrained none" not in state.message

@@ -106,6 +106,9 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     encode_md = flow_run_artifacts(children["encode-vocabulary"])["encode-vocabulary-summary"].data
     assert "describe-vocabulary: inline" in describe_md
     assert model.model_key in encode_md
+    build_artifacts = flow_run_artifacts(build_id)  # the parent run carries both steps' summaries
+    assert build_artifacts["describe-vocabulary-summary"].data == describe_md
+    assert build_artifacts["encode-vocabulary-summary"].data == encode_md
 
     # --- the nightly deployment over a folder of images
     nightly = {"images": str(images), "vocab": VOCAB, "out": str(out), "store": str(store),

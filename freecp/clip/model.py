@@ -55,8 +55,25 @@ LAST_BLOCK_PATHS: dict[str, dict[str, tuple[bool, bool]]] = {
 }
 
 
+# The remedy for missing weights names the options of whoever reads it: command-line flags, or
+# the parameters of a Prefect deployment run (``WeightsUnavailableError.reworded``).
+CLI_OPTION_NAMES = {"checkpoint": "--clip-checkpoint FILE", "random": "--pretrained none"}
+PREFECT_PARAMETER_NAMES = {"checkpoint": "--param clip_checkpoint=FILE", "random": "--param pretrained=none"}
+
+
 class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (typically: no network and no local file)."""
+    """Pretrained weights could not be loaded (typically: no network and no local file).
+
+    ``problem`` says what failed; ``remedy`` (a template over the option names) says what to do.
+    """
+
+    def __init__(self, problem: str, remedy: str = "", names: dict[str, str] = CLI_OPTION_NAMES):
+        self.problem, self.remedy = problem, remedy
+        super().__init__(f"{problem}\n{remedy.format(**names)}" if remedy else problem)
+
+    def reworded(self, names: dict[str, str]) -> WeightsUnavailableError:
+        """The same error, its remedy naming other options (e.g. ``PREFECT_PARAMETER_NAMES``)."""
+        return WeightsUnavailableError(self.problem, self.remedy, names)
 
 
 @dataclass
@@ -268,10 +285,11 @@ def _create(model_name: str, pretrained: str) -> open_clip.CLIP:
     except Exception as err:  # open_clip wraps download and file errors in RuntimeError or raises OSError
         raise WeightsUnavailableError(
             f"could not load CLIP weights {model_name}/{pretrained} "
-            f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).\nOffline? Download the checkpoint on a machine with "
-            f"internet (for example open_clip.create_model('{model_name}', pretrained='{pretrained}') "
-            f"fills the Hugging Face cache, or fetch the .bin/.pt file) and pass it with "
-            f"--clip-checkpoint FILE; or use --pretrained none for random weights (tests only)."
+            f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).",
+            f"Offline? Download the checkpoint on a machine with internet (for example "
+            f"open_clip.create_model('{model_name}', pretrained='{pretrained}') fills the Hugging Face cache, "
+            f"or fetch the .bin/.pt file) and pass it with {{checkpoint}}; "
+            f"or use {{random}} for random weights (tests only).",
         ) from None
 
 
