@@ -59,7 +59,7 @@ def encode_task(vocabulary: Vocabulary, store: str, model: str, pretrained: str,
     with prefect_wording():
         summary = encoding.encode_vocabulary(
             vocabulary, store=store, model=model, pretrained=pretrained, clip_checkpoint=clip_checkpoint,
-            descriptions=descriptions, device=device, progress=False,
+            descriptions=descriptions, device=device,
         )
     get_run_logger().info(summary.line())
     return summary

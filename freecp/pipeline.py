@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from freecp.clip import embed_vocabulary, load_backbone
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, safe_output_path, write_mask, write_overlay
+from freecp.progress import ProgressCallback
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.files import atomic_write
@@ -125,8 +126,10 @@ def find_images(root: Path, exclude: Path | None = None) -> list[Path]:
 
 def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
                     clip_checkpoint: str | None = None, store: str | None = None, device: str = "cpu",
-                    settings: SegmentSettings | None = None, encode_missing: bool = True) -> Segmenter:
-    """Load the backbone and the vocabulary's text embeddings (from a store when given)."""
+                    settings: SegmentSettings | None = None, encode_missing: bool = True,
+                    on_progress: ProgressCallback | None = None) -> Segmenter:
+    """Load the backbone and the vocabulary's text embeddings (from a store when given);
+    ``on_progress`` hears about texts the store lacks being encoded."""
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
                              variant=settings.variant, protocol=settings.protocol)
@@ -137,7 +140,7 @@ def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: s
 
         embedding_store = EmbeddingStore(store)
         if encode_missing:
-            embedding_store.ensure(vocab, backbone, progress=False)
+            embedding_store.ensure(vocab, backbone, on_progress=on_progress)
         embeddings = embedding_store.load(vocab, backbone)
     return Segmenter(backbone, vocab, embeddings, settings)
 

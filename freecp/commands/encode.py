@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from freecp.commands.progress import progress_bars
+
 # The library (torch, open_clip, pyarrow) is imported inside the commands, so `freecp --help`
 # and a mistyped option answer at once.
 
@@ -61,10 +63,10 @@ def encode(
     from freecp.encoding import encode_vocabulary
     from freecp.vocab import load_vocabulary
 
-    with _user_errors():
+    with _user_errors(), progress_bars(progress) as on_progress:
         summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
                                     clip_checkpoint=clip_checkpoint, descriptions=descriptions,
-                                    device=device, progress=progress, batch_size=batch_size)
+                                    device=device, on_progress=on_progress, batch_size=batch_size)
     typer.echo(summary.line())
 
 

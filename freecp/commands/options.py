@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, get_type_hints
 import typer
 from rich.console import Console
 
+from freecp.commands.progress import progress_bars
 from freecp.defaults import DEFAULT_STORE
 from freecp.settings import PROTOCOLS, VARIANTS, SegmentSettings, settings_for
 from freecp.weights import Weights
@@ -90,11 +91,12 @@ class SegmentationOptions:
         from freecp.pipeline import build_segmenter
 
         weights = self.weights
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), progress_bars() as on_progress:
             warnings.simplefilter("ignore")  # the random-weights warning is printed once, below
             segmenter = build_segmenter(vocabulary, model=weights.model, pretrained=weights.pretrained,
                                         clip_checkpoint=weights.checkpoint, store=self.store, device=self.device,
-                                        settings=settings, encode_missing=not self.no_encode)
+                                        settings=settings, encode_missing=not self.no_encode,
+                                        on_progress=on_progress)
         if weights.random:
             console.print("[yellow]warning: random CLIP weights: the masks are meaningless (tests only)[/]")
         return segmenter

@@ -33,7 +33,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,12 +42,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import freecp
 from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
 from freecp.clip.text import ClassEmbeddings, average_embeddings, encode_class_names
+from freecp.progress import ProgressCallback
 from freecp.stores.fs import StoreError, StoreRoot, open_root
 from freecp.vocab import Vocabulary
 
@@ -270,12 +268,14 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------------ encoding
     def ensure(self, vocab: Vocabulary, backbone, descriptions: dict[str, list[str]] | None = None,
-               progress: bool = True) -> EncodeSummary:
+               on_progress: ProgressCallback | None = None) -> EncodeSummary:
         """Encode what ``vocab`` needs and the store lacks, then write the vocabulary manifest.
 
         ``descriptions`` maps a class name to its description texts (only foreground classes
         use them). A class it does not name keeps the descriptions the store already records
         for this vocabulary, so a run without descriptions never erases earlier ones.
+        ``on_progress(what, done, total)`` is called after each encoded chunk (a command draws
+        the bar; the store knows nothing of terminals).
         """
         started = time.monotonic()
         key, dim = backbone.model_key, int(backbone.embed_dim)
@@ -294,15 +294,14 @@ class EmbeddingStore:
 
         writer = _ShardWriter(self, folder, key, dim)
         fresh_descriptions: dict[str, np.ndarray] = {}
-        with _progress(progress) as bar:
-            names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
-            for hashes, texts in bar.chunks("class names", new_classes, names_per_call):
-                vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
-                writer.add(CLASS, hashes, texts, _numpy(vectors))
-            for hashes, texts in bar.chunks("descriptions", new_descriptions, self.batch_size):
-                vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
-                writer.add(DESCRIPTION, hashes, texts, vectors)
-                fresh_descriptions.update(zip(hashes, vectors))
+        names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
+        for hashes, texts in _chunks("class names", new_classes, names_per_call, on_progress):
+            vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
+            writer.add(CLASS, hashes, texts, _numpy(vectors))
+        for hashes, texts in _chunks("descriptions", new_descriptions, self.batch_size, on_progress):
+            vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
+            writer.add(DESCRIPTION, hashes, texts, vectors)
+            fresh_descriptions.update(zip(hashes, vectors))
         if new_means:
             writer.add_means(new_means, self._description_vectors(
                 folder, key, dim, new_means, fresh_descriptions))
@@ -666,28 +665,13 @@ def _indexed(table: pa.Table, dim: int) -> tuple[dict[str, int], np.ndarray]:
 
 
 # --------------------------------------------------------------------------------- progress
-class _Bar:
-    """A rich progress bar that hands out chunks of the texts to encode."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-
-    def chunks(self, label: str, texts: dict[str, str], size: int) -> Iterator[tuple[list[str], list[str]]]:
-        if not texts:
-            return
-        task = self.progress.add_task(f"encoding {label}", total=len(texts))
-        items = list(texts.items())
-        for start in range(0, len(items), size):
-            chunk = items[start:start + size]
-            yield [h for h, _ in chunk], [t for _, t in chunk]
-            self.progress.advance(task, len(chunk))
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[_Bar]:
-    """A ``_Bar`` over a rich progress display on stderr (silent when disabled)."""
-    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
-    with display:
-        yield _Bar(display)
+def _chunks(label: str, texts: dict[str, str], size: int,
+            on_progress: ProgressCallback | None) -> Iterator[tuple[list[str], list[str]]]:
+    """The texts to encode in chunks of ``size`` (hashes, texts), reporting each one done."""
+    items = list(texts.items())
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield [h for h, _ in chunk], [t for _, t in chunk]
+        if on_progress is not None:
+            on_progress(f"encoding {label}", start + len(chunk), len(items))
 
