@@ -20,6 +20,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from freecp.flows.hints import prefect_wording
+from freecp.flows.logs import LIBRARY_LOG_HOOKS
 from freecp.flows.report import count_statuses, publish_segment_report
 from freecp.flows.retry import transient_failure
 from freecp.flows.segmenters import SegmenterSpec, segmenter_for
@@ -90,7 +91,7 @@ def write_index(out: str) -> str:
     return str(pipeline.write_index(Path(out)))
 
 
-@flow(name="segment-images")
+@flow(name="segment-images", **LIBRARY_LOG_HOOKS)
 def segment_images(
     images: str,
     vocab: VocabSource,

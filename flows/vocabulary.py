@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from freecp.flows.hints import prefect_wording
+from freecp.flows.logs import LIBRARY_LOG_HOOKS
 from freecp.flows.report import publish_summary
 from freecp.flows.retry import transient_failure
 from freecp import encoding
@@ -65,7 +66,7 @@ def encode_task(vocabulary: Vocabulary, store: str, model: str, pretrained: str,
     return summary
 
 
-@flow(name="describe-vocabulary")
+@flow(name="describe-vocabulary", **LIBRARY_LOG_HOOKS)
 def describe_vocabulary(
     vocab: VocabSource,
     llm_url: str | None = None,
@@ -94,7 +95,7 @@ def describe_vocabulary(
     return Completed(message=message, data=summary)
 
 
-@flow(name="encode-vocabulary")
+@flow(name="encode-vocabulary", **LIBRARY_LOG_HOOKS)
 def encode_vocabulary(
     vocab: VocabSource,
     store: str = DEFAULT_STORE,
@@ -119,7 +120,7 @@ def publish_encode_summary(summary: EncodeSummary) -> None:
     publish_summary("encode-vocabulary-summary", f"encode-vocabulary: {summary.vocabulary}", summary)
 
 
-@flow(name="build-vocabulary")
+@flow(name="build-vocabulary", **LIBRARY_LOG_HOOKS)
 def build_vocabulary(
     vocab: VocabSource,
     llm_url: str | None = None,

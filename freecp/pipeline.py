@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -29,6 +30,8 @@ from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.files import atomic_write
 from freecp.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 RECORDS_DIR = ".records"
 INDEX_NAME = "records.parquet"
@@ -142,6 +145,8 @@ def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: s
         if encode_missing:
             embedding_store.ensure(vocab, backbone, on_progress=on_progress)
         embeddings = embedding_store.load(vocab, backbone)
+    log.info("segmenter ready: CLIP %s, vocabulary %s (%d classes), text embeddings from %s",
+             backbone.model_key, vocab.name, len(vocab), store or "a fresh encoding")
     return Segmenter(backbone, vocab, embeddings, settings)
 
 

@@ -67,6 +67,8 @@ def test_segment_images_completes_and_changed_settings_redo_the_work(prefect_api
 
     first = segment_images(**common)
     assert first.is_completed() and first.result() == {"done": 1, "skipped": 0, "failed": 0}
+    assert any(log.name == "freecp.pipeline" and "segmenter ready" in log.message
+               for log in _run_logs(first.state_details.flow_run_id))  # the library's own log, in the run
     assert segment_images(**common).result() == {"done": 0, "skipped": 1, "failed": 0}
     # a different setting changes the run key: the image is redone, not skipped
     assert segment_images(**common, rp_threshold=0.5).result() == {"done": 1, "skipped": 0, "failed": 0}
@@ -142,3 +144,14 @@ def test_missing_clip_weights_name_the_deployment_parameters(prefect_api: str, t
     assert state.is_failed()
     assert "--param clip_checkpoint=FILE" in state.message and "--param pretrained=none" in state.message
     assert "--pretrained none" not in state.message
+
+
+def _run_logs(flow_run_id) -> list:
+    """Every log record the server holds for a flow run (its tasks' included), after a flush."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30, at_exit=False)
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))

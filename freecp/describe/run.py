@@ -10,6 +10,7 @@ already holds every answer the plans need.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from freecp.vocab import Vocabulary
 
 FLUSH_EVERY = 16
 FLUSH_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -230,7 +233,9 @@ class _Runner:
         self._show()
 
     def _say(self, text: str) -> None:
-        self.progress.console.print(text, markup=False, highlight=False)
+        log.info("%s", text)
+        if not self.progress.disable:
+            self.progress.console.print(text, markup=False, highlight=False)
 
     def _show(self) -> None:
         self.progress.update(self.task, counts=f"{self.summary.requests_sent} sent, {self.summary.cache_hits} cached")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import re
 import time
@@ -49,6 +50,8 @@ from freecp.clip.text import ClassEmbeddings, average_embeddings, encode_class_n
 from freecp.progress import ProgressCallback
 from freecp.stores.fs import StoreError, StoreRoot, open_root
 from freecp.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 CLASS = "class"
 DESCRIPTION = "description"
@@ -312,7 +315,7 @@ class EmbeddingStore:
         write_manifest = not manifest.same_content(recorded)
         if write_manifest:
             self.root.write_bytes(_manifest_path(folder, vocab.content_hash), manifest.to_parquet())
-        return EncodeSummary(
+        summary = EncodeSummary(
             store=self.url, model_key=key, vocabulary=vocab.name, vocab_hash=vocab.content_hash,
             classes_encoded=len(new_classes), classes_reused=len(class_texts) - len(new_classes),
             descriptions_encoded=len(new_descriptions),
@@ -320,6 +323,8 @@ class EmbeddingStore:
             described_classes=sum(p.description_mean is not None for p in plans),
             manifest_written=write_manifest, seconds=time.monotonic() - started,
         )
+        log.info("%s", summary.line())
+        return summary
 
     def _description_vectors(self, folder: str, key: str, dim: int, plans: list[ClassPlan],
                              fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
