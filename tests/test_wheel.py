@@ -7,9 +7,10 @@ prompt and finds the shipped ``freecp-tiny`` model config, the venv's ``freecp``
 shipped sample photo with ``--pretrained none``, and one ``segment-images`` flow run goes
 through the session's real Prefect server.
 
-The venv is made with ``--system-site-packages`` so that it reuses this machine's torch,
-open_clip, prefect, ... (copying a CUDA torch into a venv costs minutes and gigabytes); the
-wheel's own requirements are checked against them with ``pip install --dry-run --no-index``,
+The venv is made with ``--system-site-packages`` (and no pip of its own) so that it reuses this
+machine's torch, open_clip, prefect, ... (copying a CUDA torch into a venv costs minutes and
+gigabytes); the wheel's own requirements are checked against them with ``pip install --dry-run
+--no-index``,
 and the test asserts that ``freecp`` itself is imported from the venv, never from the checkout.
 """
 
@@ -60,13 +61,15 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (root / "dist").glob("freecp-*.whl")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
+    # Without a pip of its own: the venv's bundled setuptools would hide the machine's newer one.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   check=True, timeout=120)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    checked = subprocess.run([str(python), "-m", "pip", "install", "--dry-run", "--no-index", str(wheel)],
+    checked = subprocess.run([*pip, "--dry-run", "--no-index", str(wheel)],
                              capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr  # every core requirement is satisfied
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+    installed = subprocess.run([*pip, "--no-deps", "-q", str(wheel)],
                                capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     work = root / "elsewhere"
