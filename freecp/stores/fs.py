@@ -7,6 +7,8 @@ standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_K
 
 Atomicity: a local write goes to a hidden temporary name in the same directory and is renamed
 into place; an S3 PUT is atomic per object, so readers see either nothing or the whole file.
+Temporary names are short and fixed-length (``.tmp-<12 hex>``), never the final name plus a
+prefix, so any name the filesystem accepts as final can also be written.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 TEMP_PREFIX = ".tmp-"
+
+
+def temp_name() -> str:
+    """A hidden temporary file name of fixed length (17 bytes), unique per call."""
+    return f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
 class StoreError(RuntimeError):
@@ -54,7 +61,7 @@ class StoreRoot:
             with self.fs.open_output_stream(target) as out:
                 out.write(data)
             return
-        temp = posixpath.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        temp = posixpath.join(parent, temp_name())
         with self.fs.open_output_stream(temp) as out:
             out.write(data)
         self.fs.move(temp, target)
@@ -87,7 +94,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write a local file whole or not at all: a hidden temporary name beside it, then a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    temp = path.with_name(temp_name())
     try:
         temp.write_bytes(data)
         os.replace(temp, path)
