@@ -21,6 +21,7 @@ from flows.retry import transient_failure
 from flows.segment import segment_images
 from flows.vocabulary import encode_vocabulary
 from freecp.describe.run import DescribeSummary
+from freecp.stores.descriptions import DescriptionCacheError
 from freecp.stores.embeddings import ModelMismatchError
 from freecp.stores.fs import StoreError
 from freecp.vocab import VocabularyError
@@ -37,12 +38,12 @@ def test_segment_images_records_a_bad_image_and_fails_the_run(prefect_api: str, 
 
     state = segment_images(images=str(images), vocab=VOCAB, out=str(out), store=str(store), return_state=True, **TINY)
 
-    assert state.is_failed()
+    assert state.is_failed() and state.name == "Partly failed"
     assert "3 done, 0 skipped, 1 failed" in state.message
-    assert "broken.jpg" in state.message
+    assert "broken.jpg: not an image" in state.message
     assert segmenters.builds() - builds_before == 1  # one model for the preparation and all images
     good = sorted(p.stem for p in VOC_MINI.iterdir())
-    assert sorted(p.stem for p in (out / "masks").iterdir()) == good
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{n}.jpg.png" for n in good]
     rows = {r["path"]: r for r in pq.read_table(out / "records.parquet").to_pylist()}
     assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["error"]
     assert sorted(p for p, r in rows.items() if r["status"] == "done") == [f"{n}.jpg" for n in good]
@@ -103,6 +104,8 @@ def test_encode_vocabulary_flow_into_s3_encodes_once(prefect_api: str, s3_bucket
     (VocabularyError("vocab.txt: line 3: blank line"), False),
     (FileNotFoundError("no such folder"), False),
     (ModelMismatchError("store written by ViT-B-16/openai, running freecp-tiny/random-seed0"), False),
+    (RuntimeError("Calculated padded input size per channel: (2 x 2048). Kernel size: (16 x 16)"), False),
+    (DescriptionCacheError("s3://b/cache/shards/x.parquet is not a description-cache shard"), False),
 ])
 def test_retries_only_transient_failures(error: Exception, retry: bool) -> None:
     assert transient_failure(None, None, Failed(data=error)) is retry
