@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from freecp.describe.clean import merge_descriptions
-from freecp.stores.fs import StoreError, StoreRoot, atomic_write, open_root
+from freecp.stores.fs import StoreError, StoreRoot, atomic_write, open_root, skip_unreadable
 from freecp.vocab import Vocabulary
 
 SHARD_DIR = "descriptions/shards"
@@ -123,6 +123,8 @@ class DescriptionCache:
                 except FileNotFoundError:
                     missing = True
                     continue
+                except DescriptionCacheError as err:  # junk in a shared cache: skip it, say which
+                    skip_unreadable(f"{self.root.url}/{shard}", err)
                 self._read_shards.add(shard)
             if not missing:
                 break

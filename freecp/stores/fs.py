@@ -13,6 +13,7 @@ prefix, so any name the filesystem accepts as final can also be written.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import uuid
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 TEMP_PREFIX = ".tmp-"
+log = logging.getLogger("freecp.stores")
 
 
 def temp_name() -> str:
@@ -88,6 +90,18 @@ class StoreRoot:
 
     def delete(self, relative: str) -> None:
         self.fs.delete_file(self.path(relative))
+
+
+QUARANTINE_DIR = "quarantine"  # `freecp store check --quarantine` moves unreadable files here
+_reported: set[str] = set()
+
+
+def skip_unreadable(location: str, reason: BaseException) -> None:
+    """Log (once per process) that an unreadable store file is left out, and what to do about it."""
+    if location not in _reported:
+        _reported.add(location)
+        log.warning("skipping unreadable store file %s (%s); `freecp store check --quarantine` moves it aside",
+                    location, str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
