@@ -1,6 +1,8 @@
 """Cleaning LLM answers into short visual descriptions."""
 
-from freecp.describe.clean import clean_answer, merge_descriptions, parse_answer
+import threading
+
+from freecp.describe.clean import MAX_ANSWER_CHARS, clean_answer, merge_descriptions, parse_answer
 
 
 def test_numbered_list_with_chatter_duplicates_and_a_cut_off_end():
@@ -65,3 +67,22 @@ def test_code_and_non_visual_facts_are_dropped():
 def test_merge_keeps_order_and_drops_case_and_punctuation_repeats():
     assert merge_descriptions([["Red fur", "A long tail"], ["red fur.", "Big paws", "a long tail!"]]) == [
         "Red fur", "A long tail", "Big paws"]
+
+
+def _finishes(work, seconds: float = 60.0):
+    """Run ``work`` in a thread; a hang guard, not a speed measurement (old code never returned)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"cleaning did not return within {seconds} s"
+    return result[0]
+
+
+def test_a_300_kb_whitespace_answer_is_cleaned_and_runaway_answers_are_capped():
+    huge = "Pointed ears on top" + " " * 300_000 + "and long white whiskers"
+    assert _finishes(lambda: clean_answer(huge)) == []  # cut at the cap: its one line counts as cut off
+    spaced = "Pointed ears on top" + " " * (MAX_ANSWER_CHARS - 100) + "and long white whiskers"
+    assert _finishes(lambda: clean_answer(spaced)) == ["Pointed ears on top and long white whiskers"]
+    runaway = "- Soft striped fur\n" + "x" * (MAX_ANSWER_CHARS + 10) + "\n- Long white whiskers\n"
+    assert _finishes(lambda: clean_answer(runaway)) == ["Soft striped fur"]  # nothing read past the cap

@@ -1,7 +1,8 @@
 """An asynchronous client for any OpenAI-compatible chat-completions server (vLLM, transformers serve, ...).
 
 Many requests are kept in flight (up to ``concurrency``) so that a batching server stays busy.
-Each request has a timeout; connection errors, timeouts, 429 and 5xx answers are retried with
+Each request has a deadline for the whole exchange (a server that drips its answer a byte at a
+time is cut off like a silent one); connection errors, timeouts, 429 and 5xx answers are retried with
 exponential backoff (honouring ``Retry-After``). A server that cannot be reached at all, or that
 does not serve the requested model, raises ``LLMUnavailableError``: nothing can be done without
 it. A request that still fails after its retries raises ``LLMRequestError``, which a run records
@@ -180,9 +181,10 @@ class ChatClient:
                 if attempt:
                     await asyncio.sleep(hint if hint is not None else self._backoff_delay(attempt))
                 self.attempts += 1
-                try:
-                    response = await self._http.post(f"{self.base}/chat/completions", json=body)
-                except httpx.TimeoutException:
+                try:  # the deadline covers the whole request: httpx's timeout bounds each read only
+                    response = await asyncio.wait_for(
+                        self._http.post(f"{self.base}/chat/completions", json=body), self.timeout)
+                except (httpx.TimeoutException, asyncio.TimeoutError):
                     failure, hint = f"no answer within {self.timeout:g} s", None
                     continue
                 except httpx.TransportError as err:

@@ -2,8 +2,10 @@
 
 Classes are worked on concurrently (a wave of requests per class at a time, see ``plan``), with
 at most ``concurrency`` requests in flight overall. Answers are appended to the cache in small
-shards while the run goes on, so a run that is killed or loses its server keeps what it got and
-a re-run sends only the missing requests. No server is contacted (or started) when the cache
+shards while the run goes on (at least every ``FLUSH_SECONDS``), so a run that is killed or loses
+its server keeps what it got and a re-run sends only the missing requests. An answer with no
+usable description (a refusal, an empty answer) is kept but does not count as had: the next run
+asks again. No server is contacted (or started) when the cache
 already holds every answer the plans need.
 """
 
@@ -26,8 +28,8 @@ from freecp.vocab import Vocabulary
 
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_MAX_TOKENS = 400
-FLUSH_EVERY = 16
-FLUSH_SECONDS = 5.0
+FLUSH_EVERY = 16     # answers; a burst is written at once
+FLUSH_SECONDS = 1.0  # and nothing waits longer: kill -9 loses at most about a second of answers
 
 
 @dataclass
@@ -170,22 +172,23 @@ class _Runner:
     async def run(self) -> None:
         with self.progress:
             tasks = [asyncio.create_task(self._describe(plan)) for plan in self.plans]
+            flusher = asyncio.create_task(self._flush_every_second())
             try:
                 if tasks:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                     for task in done:
                         task.result()  # re-raises the first error
             finally:
-                for task in tasks:
+                for task in (*tasks, flusher):
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, flusher, return_exceptions=True)
                 await self.connector.aclose()
                 if self.connector.client is not None:
                     self.summary.server = self.connector.client.server
 
     async def _describe(self, plan: ClassPlan) -> None:
         while wave := plan.next_wave():
-            misses = [p for p in wave if p.key not in self.store]
+            misses = [p for p in wave if not self._usable(p.key)]
             saved: dict[str, CacheEntry | BaseException] = {}
             if misses:
                 client = await self.connector.get(self._say)
@@ -203,6 +206,12 @@ class _Runner:
             self._show()
         self._close_class(plan)
 
+    def _usable(self, key: str) -> bool:
+        """A cached answer counts only if it gave descriptions: a refusal or an empty answer is
+        kept (its raw text helps to see why) but asked again, within the class's request budget."""
+        entry = self.store.get(key)
+        return entry is not None and bool(entry.descriptions)
+
     async def _ask(self, client: ChatClient, planned: PlannedRequest) -> CacheEntry:
         """Send one request and queue its answer for the cache the moment it arrives."""
         try:
@@ -214,6 +223,13 @@ class _Runner:
         if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self._flush()
         return entry
+
+    async def _flush_every_second(self) -> None:
+        """Write answers that arrived since the last flush, even while no new answer comes."""
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS / 2)
+            if self.pending and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                self._flush()
 
     def _flush(self) -> None:
         self.store.append(self.pending)  # on a store error the answers stay pending for the final flush
