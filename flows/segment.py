@@ -10,11 +10,13 @@ to ``out`` and are never Prefect results.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import FailedRun
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -30,6 +32,23 @@ from freecp.commands.segment import DEFAULT_STORE
 from freecp.settings import settings_for
 
 PARTLY_FAILED = "Partly failed"  # the state name of a run where some images failed and the rest were done
+
+
+class _QuietPartlyFailed(logging.Filter):
+    """Drop the engine's traceback for a run that ended "Partly failed".
+
+    A flow that returns a Failed state makes the engine raise ``FailedRun`` from that state and log
+    it with a traceback ("Engine execution exited with unexpected exception") in the worker and
+    the UI. For a partly failed run that traceback says nothing: the run's own error lines and
+    its state message list the failed images and reasons. Other failures keep their tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, FailedRun) and str(error).startswith(f"{PARTLY_FAILED}:"))
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_QuietPartlyFailed())
 
 
 def _absolute(location: str | None) -> str | None:
@@ -161,5 +180,5 @@ def segment_images(
     if failed:
         listed = "; ".join(f"{r['path']}: {r['error']}" for r in failed)
         logger.error("%s: %s. Failed images: %s", PARTLY_FAILED, message, listed)
-        return Failed(name=PARTLY_FAILED, message=f"{message}. Failed images: {listed}")
+        return Failed(name=PARTLY_FAILED, message=f"{PARTLY_FAILED}: {message}. Failed images: {listed}")
     return Completed(message=message, data=counts)
