@@ -26,7 +26,7 @@ from flows.retry import transient_failure
 from flows.segmenters import SegmenterSpec, segmenter_for
 from flows.vocabulary import VocabSource, load_vocabulary_task
 from freecp import inputs, pipeline
-from freecp.device import parse_device
+from freecp.device import check_device, parse_device
 from freecp.layout import prepare_output
 from freecp.commands.segment import DEFAULT_STORE
 from freecp.settings import settings_for
@@ -72,6 +72,7 @@ def task_runner_for(dask_address: str | None, threads: int) -> TaskRunner:
 def prepare_segmenter(spec: SegmenterSpec, encode: bool) -> None:
     """Build the segmenter once before fanning out: bad settings or a bad store fail here, and
     texts the store lacks are encoded by this one process, not by every worker."""
+    check_device(spec.device)
     segmenter_for(spec, encode_missing=encode)
 
 

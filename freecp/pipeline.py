@@ -198,16 +198,16 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
             result = segmenter.segment(image)
             _write_outputs(paths, image, result, len(segmenter.vocab))
             _fill(record, image, result, segmenter)
-        except ImageReadError as err:
-            record.error = str(err)
         except Exception as err:  # noqa: BLE001 - one image never ends a run; its record keeps why
             _discard_outputs(paths)
             _stop_if_disk_full(err)
-            record.error = f"{type(err).__name__}: {err}"[:ERROR_CHARS]
+            reason = str(err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
+            record.error = reason[:ERROR_CHARS]
         record.seconds = round(time.perf_counter() - start, 4)
         try:
             atomic_write(paths.record, json.dumps(record.to_dict()).encode())
         except OSError as err:
+            _discard_outputs(paths)  # outputs without their record would be redone anyway
             _stop_if_disk_full(err)
             record.status, record.error = "failed", f"cannot write its record: {err}"[:ERROR_CHARS]
     return _logged(record)

@@ -73,33 +73,21 @@ class ScriptedLLM:
                     time.sleep(5)
                     return
                 if reply[0] == "drip":
-                    self._drip(*reply[1:])
+                    self._send(*reply[1], byte_delay=reply[2])
                     return
                 self._send(*reply)
 
-            def _drip(self, reply: Reply, seconds: float) -> None:
-                status, headers, data = reply
+            def _send(self, status: int, headers: dict[str, str], data: bytes, byte_delay: float = 0.0) -> None:
                 try:
                     self.send_response(status)
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    for byte in data:
-                        self.wfile.write(bytes([byte]))
+                    for chunk in [bytes([b]) for b in data] if byte_delay else [data]:  # drip: a byte at a time
+                        self.wfile.write(chunk)
                         self.wfile.flush()
-                        time.sleep(seconds)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
-                try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                        time.sleep(byte_delay)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
