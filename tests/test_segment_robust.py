@@ -242,3 +242,34 @@ def test_two_runs_on_one_folder_share_the_images(tmp_path, tiny_backbone, tiny_v
     assert sorted(done) == [f"{i}.png" for i in range(8)]  # each image segmented exactly once
     assert {r["status"] for r in _index(out).values()} == {"done"} and len(_index(out)) == 8
     assert not list((out / ".claims").rglob("*.claim"))  # every claim released
+
+
+def test_a_simulated_full_disk_stops_the_run_and_keeps_the_index(tmp_path, monkeypatch, tiny_backbone,
+                                                                  tiny_voc21_embeddings):
+    """SIMULATED ENOSPC (the overlay writer raises it for the second image), for machines where the
+    tmpfs test above cannot mount a real small disk; same expectations."""
+    import errno
+
+    from freecp import pipeline
+    from freecp.segmenter import Segmenter
+    from freecp.settings import SegmentSettings
+    from freecp.vocab import load_vocabulary
+    from tests.fixtures_clip import one_torch_thread
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    for name in ("a.png", "b.png", "c.png"):
+        _image(images / name, 40, 40)
+    real_write = pipeline.write_overlay
+
+    def full_at_b(path, *args, **kwargs):
+        if path.name.startswith("b.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_overlay", full_at_b)
+    segmenter = Segmenter(tiny_backbone, load_vocabulary("voc21"), tiny_voc21_embeddings, SegmentSettings())
+    with one_torch_thread(), pytest.raises(pipeline.DiskFullError) as stopped:
+        pipeline.segment_folder(segmenter, images, out, progress=False)
+    assert [r.path for r in stopped.value.summary.records] == ["a.png"]
+    assert list(_index(out)) == ["a.png"]
+    assert not (out / "masks" / "b.png.png").exists() and not (out / ".records" / "b.png.json").exists()
