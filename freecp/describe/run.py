@@ -3,9 +3,9 @@
 Classes are worked on concurrently (a wave of requests per class at a time, see ``plan``), with
 at most ``concurrency`` requests in flight overall. Answers are appended to the cache in small
 shards while the run goes on (at least every ``FLUSH_SECONDS``), so a run that is killed or loses
-its server keeps what it got and a re-run sends only the missing requests. An answer with no
-usable description (a refusal, an empty answer) is kept but does not count as had: the next run
-asks again. No server is contacted (or started) when the cache
+its server keeps what it got and a re-run sends only the missing requests. A class whose
+answers gave no usable description (refusals, empty answers) is asked again by the next run; its
+answers are kept but do not count as had. No server is contacted (or started) when the cache
 already holds every answer the plans need.
 """
 
@@ -187,8 +187,10 @@ class _Runner:
                     self.summary.server = self.connector.client.server
 
     async def _describe(self, plan: ClassPlan) -> None:
+        described = any(self._usable(p.key) for p in plan.candidates)
         while wave := plan.next_wave():
-            misses = [p for p in wave if not self._usable(p.key)]
+            # a class the cache has no description for at all asks again for its empty answers
+            misses = [p for p in wave if p.key not in self.store or not (described or self._usable(p.key))]
             saved: dict[str, CacheEntry | BaseException] = {}
             if misses:
                 client = await self.connector.get(self._say)
@@ -207,8 +209,9 @@ class _Runner:
         self._close_class(plan)
 
     def _usable(self, key: str) -> bool:
-        """A cached answer counts only if it gave descriptions: a refusal or an empty answer is
-        kept (its raw text helps to see why) but asked again, within the class's request budget."""
+        """Whether a cached answer gave descriptions. When none of a class's answers did (refusals,
+        empty answers), they are kept (their raw text shows why) but asked again, within the
+        class's request budget."""
         entry = self.store.get(key)
         return entry is not None and bool(entry.descriptions)
 
