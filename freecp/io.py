@@ -129,8 +129,9 @@ def write_overlay(
 
 
 def safe_output_path(out_dir: Path, relative: Path | str, suffix: str) -> Path:
-    """``out_dir / relative`` with the extension replaced by ``suffix``, refusing any result that
-    would land outside ``out_dir`` (absolute paths, ``..`` parts, symlinks that lead out)."""
+    """``out_dir / relative`` with ``suffix`` appended to the whole file name (``a.jpg`` ->
+    ``a.jpg.png``), so two distinct inputs never share an output; refuses any result that would
+    land outside ``out_dir`` (absolute paths, ``..`` parts, symlinks that lead out)."""
     rel = PurePath(relative)
     if rel.is_absolute() or rel.anchor:
         raise ValueError(f"output name {str(relative)!r} is an absolute path")
@@ -138,7 +139,7 @@ def safe_output_path(out_dir: Path, relative: Path | str, suffix: str) -> Path:
         raise ValueError(f"output name {str(relative)!r} climbs out with '..'")
     if not rel.name or rel.name == ".":
         raise ValueError(f"output name {str(relative)!r} has no file name")
-    target = Path(out_dir) / rel.with_suffix(suffix)
+    target = Path(out_dir) / rel.with_name(rel.name + suffix)
     root = Path(out_dir).resolve()
     if not target.resolve().is_relative_to(root):
         raise ValueError(f"output name {str(relative)!r} resolves outside {out_dir} (symlink)")

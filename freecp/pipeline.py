@@ -1,19 +1,25 @@
 """Segmenting folders: per-image work with records, resumable runs and the run index.
 
 Shared by ``freecp segment`` and the Prefect ``segment-images`` flow. For every image the
-outputs are the mask (palette PNG), the overlay (JPEG) and a small JSON record written last;
-an image is up to date when its record names the same image content hash and the same run key
-(model, vocabulary, text embeddings, settings), so a re-run or a resumed run only does the rest.
-``records.parquet`` is rebuilt from the JSON records at the end of a run.
+outputs are the mask (palette PNG), the overlay (JPEG) and a small JSON record written last
+(names: ``freecp.layout``); an image is up to date when its record names the same image content
+hash and the same run key (model, vocabulary, the text embedding vectors themselves, settings),
+so a re-run or a resumed run only does the rest. ``records.parquet`` is rebuilt from the JSON
+records at the end of a run, also when the run is interrupted or stopped by a full disk.
+
+One image never ends a run: whatever goes wrong while reading, segmenting or writing it becomes
+that image's failed record with its reason. Only a full disk stops the run (``DiskFullError``),
+as every later image would fail the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-import os
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,18 +29,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from freecp.claims import claim
 from freecp.clip import embed_vocabulary, load_backbone
-from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, safe_output_path, write_mask, write_overlay
-from freecp.progress import ProgressCallback
-from freecp.segmenter import Segmenter
-from freecp.settings import SegmentSettings
+from freecp.clip.templates import IMAGENET_TEMPLATES
 from freecp.files import atomic_write
+from freecp.inputs import ImageSearch, find_images
+from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
+from freecp.layout import RECORDS_DIR, OutputPaths, output_paths, prepare_output
+from freecp.progress import ProgressCallback
+from freecp.segmenter import Segmenter, Segmentation
+from freecp.settings import SegmentSettings
 from freecp.vocab import Vocabulary
 
-log = logging.getLogger(__name__)
-
-RECORDS_DIR = ".records"
 INDEX_NAME = "records.parquet"
+ERROR_CHARS = 500  # a failure's reason is kept to this length in its record
+log = logging.getLogger("freecp.segment")
 
 INDEX_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -58,7 +67,8 @@ INDEX_SCHEMA = pa.schema([
 
 @dataclass
 class ImageRecord:
-    """One image's outcome; ``status`` is done, skipped (already up to date) or failed."""
+    """One image's outcome; ``status`` is done, skipped (already up to date), failed, or claimed
+    (another run is segmenting it now; that run writes its record)."""
 
     path: str
     status: str
@@ -88,6 +98,7 @@ class RunSummary:
     records: list[ImageRecord]
     index: Path | None
     seconds: float
+    outside_links: list[Path] = field(default_factory=list)  # symlinks leading out, not followed
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records)
@@ -103,28 +114,24 @@ class RunSummary:
         return Counter(c for r in self.records for c in r.removed_classes).most_common(n)
 
 
+class DiskFullError(OSError):
+    """The output filesystem is full: the run stops (every later image would fail the same way)."""
+
+
+_RUN_KEYS: weakref.WeakKeyDictionary[Segmenter, str] = weakref.WeakKeyDictionary()
+
+
 def run_key(segmenter: Segmenter) -> str:
-    """Hash of everything besides the image that decides the outputs."""
-    parts = [segmenter.backbone.model_key, segmenter.vocab.content_hash, segmenter.settings.content_hash,
-             segmenter.ap_targets, ",".join(segmenter.fallback_classes)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def find_images(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Image files under ``root`` (or ``root`` itself), sorted; ``exclude`` (an output folder) is skipped."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is neither an image file nor a folder")
-    skip = exclude.resolve() if exclude is not None else None
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (skip is None or (here / d).resolve() != skip))
-        found += [here / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return found
+    """Hash of everything besides the image that decides the outputs: the model, the vocabulary,
+    the settings and every text vector the segmenter uses (so new descriptions mean new outputs)."""
+    if segmenter not in _RUN_KEYS:
+        digest = hashlib.sha256()
+        for part in (segmenter.backbone.model_key, segmenter.vocab.content_hash, segmenter.settings.content_hash):
+            digest.update(part.encode() + b"|")
+        for vectors in (segmenter.embeddings.queries, segmenter.crop_targets):
+            digest.update(vectors.detach().cpu().float().contiguous().numpy().tobytes())
+        _RUN_KEYS[segmenter] = digest.hexdigest()[:16]
+    return _RUN_KEYS[segmenter]
 
 
 def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
@@ -136,6 +143,10 @@ def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: s
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
                              variant=settings.variant, protocol=settings.protocol)
+    if cut := names_cut_by_context(backbone.tokenizer, vocab.queries):
+        log.warning("%d class names are longer than the text tower's %d tokens and are cut short "
+                    "(names cut alike get the same vector): %s", len(cut),
+                    getattr(backbone.tokenizer, "context_length", 77), "; ".join(cut))
     if store is None:
         embeddings = embed_vocabulary(backbone, vocab)
     else:
@@ -150,81 +161,173 @@ def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: s
     return Segmenter(backbone, vocab, embeddings, settings)
 
 
+def names_cut_by_context(tokenizer, names: list[str]) -> list[str]:
+    """The names whose longest templated prompt does not fit the tokenizer's context (start and
+    end tokens included); empty for tokenizers without a BPE ``encode``."""
+    encode, context = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+    if encode is None or context is None:
+        return []
+    overhead = max(len(encode(template.format(""))) for template in IMAGENET_TEMPLATES) + 2
+    return [name for name in names if len(encode(name)) + overhead > context]
+
+
 def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_dir: Path,
                 key: str | None = None) -> ImageRecord:
-    """Segment one image file unless its outputs are up to date; never raises for a bad image."""
+    """Segment one image file unless its outputs are up to date or another run has claimed it.
+
+    Never raises for anything about this one image (its record says what went wrong); raises
+    ``DiskFullError`` when the output filesystem is full.
+    """
     start = time.perf_counter()
     image_path, out_dir = Path(image_path), Path(out_dir)
     relative = image_path.name if Path(images_root).is_file() else image_path.relative_to(images_root)
     record = ImageRecord(path=Path(relative).as_posix(), status="failed", run_key=key or run_key(segmenter))
     try:
-        record_path = safe_output_path(out_dir / RECORDS_DIR, relative, Path(relative).suffix + ".json")
-        record.mask = safe_output_path(out_dir / "masks", relative, ".png").relative_to(out_dir).as_posix()
-        record.overlay = safe_output_path(out_dir / "overlays", relative, ".jpg").relative_to(out_dir).as_posix()
+        paths = output_paths(out_dir, relative)
+        record.mask = paths.mask.relative_to(out_dir).as_posix()
+        record.overlay = paths.overlay.relative_to(out_dir).as_posix()
         record.content_hash = hashlib.sha256(image_path.read_bytes()).hexdigest()[:16]
     except (OSError, ValueError) as err:
         record.error = f"cannot use this path: {err}"
-        return record
-    previous = _read_record(record_path)
+        return _logged(record)
+    if (previous := _up_to_date(paths, record, out_dir)) is not None:
+        return previous
+    with claim(paths.claim) as owned:
+        if not owned:
+            record.status, record.error = "claimed", "another run is segmenting this image"
+            return record
+        if (previous := _up_to_date(paths, record, out_dir)) is not None:
+            return previous  # the other run finished it just before our claim
+        try:
+            image = read_image(image_path, segmenter.settings.max_pixels)
+            result = segmenter.segment(image)
+            _write_outputs(paths, image, result, segmenter.vocab)
+            _fill(record, image, result, segmenter)
+        except Exception as err:  # noqa: BLE001 - one image never ends a run; its record keeps why
+            _discard_outputs(paths)
+            _stop_if_disk_full(err)
+            reason = str(err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
+            record.error = reason[:ERROR_CHARS]
+        record.seconds = round(time.perf_counter() - start, 4)
+        try:
+            atomic_write(paths.record, json.dumps(record.to_dict()).encode())
+        except OSError as err:
+            _discard_outputs(paths)  # outputs without their record would be redone anyway
+            _stop_if_disk_full(err)
+            record.status, record.error = "failed", f"cannot write its record: {err}"[:ERROR_CHARS]
+    return _logged(record)
+
+
+def _up_to_date(paths: OutputPaths, record: ImageRecord, out_dir: Path) -> ImageRecord | None:
+    """The previous record, marked skipped, when it is done for the same image bytes and run key."""
+    previous = _read_record(paths.record)
     if previous and previous.status == "done" and previous.content_hash == record.content_hash \
             and previous.run_key == record.run_key and (out_dir / previous.mask).is_file():
         previous.status = "skipped"
         return previous
-    try:
-        image = read_image(image_path, segmenter.settings.max_pixels)
-        result = segmenter.segment(image)
-    except ImageReadError as err:
-        record.error = str(err)
-    else:
-        write_mask(out_dir / record.mask, result.labels, len(segmenter.vocab))
-        write_overlay(out_dir / record.overlay, image, result.labels, len(segmenter.vocab),
-                      class_names=segmenter.vocab.class_names)
-        record.status = "done"
-        record.height, record.width = image.shape[:2]
-        record.classes_present = result.classes_present(segmenter.vocab)
-        if result.report is not None:
-            record.rp_scores = result.report.rp_scores
-            record.removed_classes = result.report.removed
-            record.ambiguity_groups = result.report.groups
-            record.ap_targets = result.report.ap_targets
-            record.ap_fallback_classes = result.report.fallback_classes
-    record.seconds = round(time.perf_counter() - start, 4)
-    atomic_write(record_path, json.dumps(record.to_dict()).encode())
+    return None
+
+
+def _write_outputs(paths: OutputPaths, image, result: Segmentation, vocab: Vocabulary) -> None:
+    write_mask(paths.mask, result.labels, len(vocab))
+    write_overlay(paths.overlay, image, result.labels, len(vocab), class_names=vocab.class_names)
+
+
+def _fill(record: ImageRecord, image, result: Segmentation, segmenter: Segmenter) -> None:
+    """Copy what segmentation found into the record and mark it done."""
+    record.status = "done"
+    record.height, record.width = image.shape[:2]
+    record.classes_present = result.classes_present(segmenter.vocab)
+    if result.report is not None:
+        record.rp_scores = result.report.rp_scores
+        record.removed_classes = result.report.removed
+        record.ambiguity_groups = result.report.groups
+        record.ap_targets = result.report.ap_targets
+        record.ap_fallback_classes = result.report.fallback_classes
+
+
+def _discard_outputs(paths: OutputPaths) -> None:
+    """Remove what a failed image left (a mask without its overlay, or older outputs): a failed
+    image has no outputs, so nothing half-written can pass for finished work."""
+    for path in (paths.mask, paths.overlay):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a directory or an unwritable folder in the way: the record says it failed
+
+
+def _stop_if_disk_full(err: BaseException) -> None:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(err.errno, f"the output disk is full ({err.strerror})") from err
+
+
+def _logged(record: ImageRecord) -> ImageRecord:
+    if record.status == "failed":
+        log.warning("%s failed: %s", record.path, record.error)
     return record
 
 
 def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True,
-                   files: Sequence[Path] | None = None) -> RunSummary:
+                   files: Sequence[Path] | None = None, follow_symlinks: bool = False) -> RunSummary:
     """Segment every image under ``images_root`` (or only ``files``, paths below it, such as a
-    benchmark's split) into ``out_dir``, skipping up-to-date ones."""
+    benchmark's split) into ``out_dir``, skipping up-to-date ones.
+
+    The index is written however the loop ends (finished, interrupted, disk full); the summary
+    of an interrupted or stopped run travels on the exception as ``err.summary``.
+    """
     start = time.perf_counter()
-    files = find_images(images_root, exclude=out_dir) if files is None else list(files)
-    if not files:
+    search = find_images(images_root, exclude=out_dir, follow_symlinks=follow_symlinks) if files is None \
+        else ImageSearch(list(files), [])
+    if not search.images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_root}")
+    prepare_output(out_dir)
     key = run_key(segmenter)
-    records = []
+    records: list[ImageRecord] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("segmenting", total=len(files), rate="")
-        for number, path in enumerate(files, start=1):
-            records.append(segment_one(segmenter, path, images_root, out_dir, key))
-            rate = number / (time.perf_counter() - start)
-            bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
-    return RunSummary(records=records, index=write_index(out_dir), seconds=time.perf_counter() - start)
+    try:
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("segmenting", total=len(search.images), rate="")
+            for number, path in enumerate(search.images, start=1):
+                records.append(segment_one(segmenter, path, images_root, out_dir, key))
+                rate = number / (time.perf_counter() - start)
+                bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+    except BaseException as err:
+        err.summary = RunSummary(records, _index_on_the_way_out(out_dir, records),  # type: ignore[attr-defined]
+                                 time.perf_counter() - start, search.outside_links)
+        raise
+    return RunSummary(records=records, index=write_index(out_dir, records), seconds=time.perf_counter() - start,
+                      outside_links=search.outside_links)
 
 
-def write_index(out_dir: Path) -> Path:
-    """Rebuild ``records.parquet`` from every per-image record in ``out_dir`` (atomic)."""
+def _index_on_the_way_out(out_dir: Path, records: list[ImageRecord]) -> Path | None:
+    try:
+        return write_index(out_dir, records)
+    except OSError as err:  # the disk that stopped the run may not take the index either
+        log.error("could not write %s: %s", Path(out_dir) / INDEX_NAME, err)
+        return None
+
+
+def write_index(out_dir: Path, records: list[ImageRecord] = ()) -> Path:
+    """Rebuild ``records.parquet`` from every per-image record in ``out_dir`` (atomic).
+
+    ``records`` of this run take precedence over the files, and count even where their JSON
+    could not be written (a name too long for the filesystem, say); claimed ones are left to
+    the run that holds them.
+    """
     out_dir = Path(out_dir)
-    rows = []
+    by_path: dict[str, ImageRecord] = {}
     for path in sorted((out_dir / RECORDS_DIR).rglob("*.json")):
         record = _read_record(path)
         if record is not None:
-            row = record.to_dict()
-            row["ambiguity_groups"] = json.dumps(row["ambiguity_groups"])
-            row["rp_scores"] = list(row["rp_scores"].items())
-            rows.append(row)
+            by_path[record.path] = record
+    by_path.update((r.path, r) for r in records if r.status in ("done", "failed"))
+    rows = []
+    for path in sorted(by_path):
+        row = by_path[path].to_dict()
+        row["ambiguity_groups"] = json.dumps(row["ambiguity_groups"])
+        row["rp_scores"] = list(row["rp_scores"].items())
+        rows.append(row)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), sink)
     target = out_dir / INDEX_NAME

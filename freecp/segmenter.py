@@ -62,10 +62,11 @@ class Segmentation:
 class _Windows:
     """The sliding windows of one resized image: a full grid of row starts x column starts."""
 
-    image: torch.Tensor               # [3, H, W] the resized, normalised image
+    image: torch.Tensor               # [3, H, W] the resized, normalised image (padded, see valid)
     pixels: torch.Tensor              # [B, 3, wh, ww] its windows, row-major over (rows, cols)
     rows: list[int]                   # y0 of each window row in the resized image
     cols: list[int]                   # x0 of each window column
+    valid: tuple[int, int]            # the resized image's own size; beyond it is padding
 
     @property
     def size(self) -> tuple[int, int]:
@@ -146,18 +147,23 @@ class Segmenter:
         """Keep-ratio resize to (2048, S) as the reference, bilinear, then CLIP normalisation."""
         h, w = image.shape[:2]
         factor = min(MAX_LONG_SIDE / max(h, w), self.settings.short_side / min(h, w))
-        size = (int(h * factor + 0.5), int(w * factor + 0.5))
+        size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
         pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None]
         pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)[0]
         return (pixels - CLIP_MEAN) / CLIP_STD
 
     def _windows(self, pixels: torch.Tensor) -> _Windows:
+        """Sliding windows; a side shorter than one patch (extreme aspect ratios: the long side is
+        capped first) is padded with the mean colour to a patch, which composition crops off again."""
+        valid = tuple(pixels.shape[-2:])
+        p = self.backbone.patch_size
+        pixels = F.pad(pixels, (0, max(0, p - valid[1]), 0, max(0, p - valid[0])))
         height, width = pixels.shape[-2:]
         wh, ww = min(self.settings.window, height), min(self.settings.window, width)
         rows = _starts(height, wh, self.settings.stride)
         cols = _starts(width, ww, self.settings.stride)
         crops = torch.stack([pixels[:, y:y + wh, x:x + ww] for y in rows for x in cols])
-        return _Windows(pixels, crops, rows, cols)
+        return _Windows(pixels, crops, rows, cols, valid)
 
     # ------------------------------------------------------------ purification
     def _redundancy(self, cams: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +244,7 @@ class Segmenter:
         scores = np.zeros(len(self.vocab), dtype=np.float32)
         for start in range(0, maps.shape[1], COMPOSE_CHUNK):
             chunk = classes[start:start + COMPOSE_CHUNK]
-            composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original)
+            composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original, windows.valid)
             scores[chunk.numpy()] = composed.flatten(1).amax(1).numpy()
             top, arg = composed.max(dim=0)
             better = top > best
@@ -250,8 +256,10 @@ class Segmenter:
             scores[0] = float(background.max())
         return label.to(torch.int32).numpy(), scores
 
-    def _canvas(self, maps: torch.Tensor, windows: _Windows, size: tuple[int, int]) -> torch.Tensor:
-        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``.
+    def _canvas(self, maps: torch.Tensor, windows: _Windows, size: tuple[int, int],
+                region: tuple[int, int] | None = None) -> torch.Tensor:
+        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``
+        (only the top-left ``region`` of the resized image, when given: padding is left out).
 
         Upsampling to the window, pasting, dividing by the window count and resizing are all
         linear and separable per axis, so the whole composition is ``A_y @ mosaic @ A_x^T`` with
@@ -260,8 +268,9 @@ class Segmenter:
         """
         grid_h, grid_w = maps.shape[-2:]
         wh, ww = windows.pixels.shape[-2:]
-        along_y = _axis_operator(windows.rows, grid_h, wh, windows.size[0], size[0])
-        along_x = _axis_operator(windows.cols, grid_w, ww, windows.size[1], size[1])
+        region = region or windows.size
+        along_y = _axis_operator(windows.rows, grid_h, wh, windows.size[0], size[0], region[0])
+        along_x = _axis_operator(windows.cols, grid_w, ww, windows.size[1], size[1], region[1])
         n_rows, n_cols = len(windows.rows), len(windows.cols)
         mosaic = maps.reshape(n_rows, n_cols, -1, grid_h, grid_w).permute(2, 0, 3, 1, 4)
         mosaic = mosaic.reshape(-1, n_rows * grid_h, n_cols * grid_w)
@@ -273,10 +282,10 @@ class Segmenter:
         """A box in patch units of a window (or of the whole resized image) as original pixels."""
         p = self.backbone.patch_size
         y0, x0 = windows.origins[scope] if self.settings.scope == "window" else (0, 0)
-        sy, sx = original[0] / windows.size[0], original[1] / windows.size[1]
+        sy, sx = original[0] / windows.valid[0], original[1] / windows.valid[1]
         x_a, y_a, x_b, y_b = box
-        return [round((x0 + x_a * p) * sx), round((y0 + y_a * p) * sy),
-                round((x0 + x_b * p) * sx), round((y0 + y_b * p) * sy)]
+        return [min(round((x0 + x_a * p) * sx), original[1]), min(round((y0 + y_a * p) * sy), original[0]),
+                min(round((x0 + x_b * p) * sx), original[1]), min(round((y0 + y_b * p) * sy), original[0])]
 
     def _report(self, rp_scores: torch.Tensor, rp_kept: torch.Tensor, alive: torch.Tensor,
                 groups: list[AmbiguityGroup], windows: _Windows, original: tuple[int, int]) -> PurificationReport:
@@ -299,8 +308,10 @@ class Segmenter:
         )
 
 
-def _axis_operator(starts: list[int], grid: int, window: int, resized: int, target: int) -> torch.Tensor:
-    """[target, len(starts) * grid]: one axis of upsample-to-window, paste, average, resize."""
+def _axis_operator(starts: list[int], grid: int, window: int, resized: int, target: int,
+                   valid: int) -> torch.Tensor:
+    """[target, len(starts) * grid]: one axis of upsample-to-window, paste, average, keep the
+    first ``valid`` positions (drop padding), resize."""
     upsample = _linear_resize_matrix(grid, window)           # [window, grid]
     paste = torch.zeros(resized, len(starts) * grid)
     for i, start in enumerate(starts):
@@ -309,7 +320,8 @@ def _axis_operator(starts: list[int], grid: int, window: int, resized: int, targ
     for start in starts:
         coverage[start:start + window] += 1
     paste /= coverage[:, None]
-    return paste if target == resized else _linear_resize_matrix(resized, target) @ paste
+    paste = paste[:valid]
+    return paste if target == valid else _linear_resize_matrix(valid, target) @ paste
 
 
 @lru_cache(maxsize=64)

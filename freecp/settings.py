@@ -52,6 +52,10 @@ class SegmentSettings:
             raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
         if self.scope not in ("window", "image"):
             raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
+        for name in ("short_side", "window", "crop_size", "window_batch", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
 

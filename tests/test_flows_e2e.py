@@ -116,7 +116,7 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     first_id, code = _run_deployment("segment-images/nightly", nightly, prefect_env, worker)
     assert code == 0
     for name in names:
-        mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+        mask = np.asarray(Image.open(out / "masks" / f"{name}.jpg.png"))
         assert mask.shape == np.asarray(Image.open(images / f"{name}.jpg")).shape[:2]
         assert mask.max() < len(vocabulary)
     records = pq.read_table(out / "records.parquet").to_pylist()
@@ -145,8 +145,8 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     artifacts = flow_run_artifacts(third_id)
     assert "| 4 | 1 | 3 | 0 |" in artifacts["segment-images-summary"].data
     assert [Path(row["path"]).name for row in _table(artifacts["segment-images-records"])] == ["new_arrival.jpg"]
-    assert (out / "masks" / "new_arrival.png").is_file()
-    assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir() if p.name != "new_arrival.png"} == mask_times
+    assert (out / "masks" / "new_arrival.jpg.png").is_file()
+    assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir() if p.name != "new_arrival.jpg.png"} == mask_times
     assert len(pq.read_table(out / "records.parquet")) == 4
 
 

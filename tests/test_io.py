@@ -291,9 +291,11 @@ def test_write_overlay_refuses_mismatched_sizes(tmp_path: Path) -> None:
         write_overlay(tmp_path / "x.jpg", _rgb(8, 8), np.zeros((8, 9), dtype=np.int64), 2)
 
 
-def test_safe_output_path_replaces_the_extension(tmp_path: Path) -> None:
-    assert safe_output_path(tmp_path, "a/b/photo.jpeg", ".png") == tmp_path / "a" / "b" / "photo.png"
-    assert safe_output_path(tmp_path, Path("x.tif"), ".jpg") == tmp_path / "x.jpg"
+def test_safe_output_path_keeps_the_whole_name(tmp_path: Path) -> None:
+    assert safe_output_path(tmp_path, "a/b/photo.jpeg", ".png") == tmp_path / "a" / "b" / "photo.jpeg.png"
+    assert safe_output_path(tmp_path, Path("x.tif"), ".jpg") == tmp_path / "x.tif.jpg"
+    # a.jpg and a.png in one folder: distinct inputs, distinct outputs
+    assert safe_output_path(tmp_path, "a.jpg", ".png") != safe_output_path(tmp_path, "a.png", ".png")
 
 
 @pytest.mark.parametrize("relative", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "/tmp/x.png", ".."])
@@ -311,4 +313,4 @@ def test_safe_output_path_refuses_symlinks_leading_out(tmp_path: Path) -> None:
         safe_output_path(out, "link/x.jpg", ".png")
     (out / "inner").mkdir()
     (out / "ok").symlink_to(out / "inner", target_is_directory=True)
-    assert safe_output_path(out, "ok/x.jpg", ".png") == out / "ok" / "x.png"
+    assert safe_output_path(out, "ok/x.jpg", ".png") == out / "ok" / "x.jpg.png"

@@ -130,7 +130,7 @@ def test_odd_images_work_and_bad_ones_are_recorded_while_the_run_goes_on(tmp_pat
         row = records.loc[path]
         if size is None:
             assert row.status == "failed" and row.error, path
-            assert not (out / "masks" / Path(path).with_suffix(".png")).exists()
+            assert not (out / "masks" / f"{path}.png").exists()
         else:
             assert row.status == "done", (path, row.error)
             assert Image.open(out / row["mask"]).size == size, path
@@ -138,18 +138,25 @@ def test_odd_images_work_and_bad_ones_are_recorded_while_the_run_goes_on(tmp_pat
     assert "failed" in result.output and "truncated.jpg" in result.output
 
 
-def test_outputs_never_leave_the_output_folder(tmp_path, store):
+def test_symlinks_leading_out_are_not_followed_unless_asked_and_outputs_stay_inside(tmp_path, store):
     outside = tmp_path / "outside.jpg"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(outside)
     images = tmp_path / "images"
     images.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(images / "own.png")
     (images / "link.jpg").symlink_to(outside)
+    (images / "inside.png").symlink_to(images / "own.png")  # a link within the folder is just a file
     out = tmp_path / "out"
-    assert run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY).exit_code == 0
+    default = run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY)
+    assert default.exit_code == 0, default.output
+    assert sorted(pd.read_parquet(out / "records.parquet").path) == ["inside.png", "own.png"]
+    assert "1 symlinks lead outside" in default.output and "link.jpg" in default.output
+    followed = run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY, "--follow-symlinks")
+    assert followed.exit_code == 0, followed.output
     written = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()} - {outside.resolve()}
     assert all(out.resolve() in p.parents or images.resolve() in p.parents
                or Path(store).resolve() in p.parents for p in written)
-    assert (out / "masks" / "link.png").is_file()
+    assert (out / "masks" / "link.jpg.png").is_file()
 
 
 def test_user_errors_are_one_clear_line(tmp_path, store):

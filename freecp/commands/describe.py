@@ -78,7 +78,7 @@ def describe(
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = DEFAULT_TEMPERATURE,
     max_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit per request.")] = DEFAULT_MAX_TOKENS,
-    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for one answer.")] = 300.0,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one request may take in all (connecting, waiting, reading).")] = 300.0,
     max_requests: Annotated[int | None, typer.Option(min=1, help="Request limit per class.")] = None,
     retries: Annotated[int, typer.Option(
         min=0, help="Retries of a request after a connection error, timeout, 429 or 5xx.")] = 4,
@@ -183,6 +183,10 @@ def _print_summary(summary: DescribeSummary, per_class: int) -> None:
                   "(purification falls back to the class name only for a class with none):")
         for name, (count, reason) in sorted(summary.short.items()):
             out.print(f"  {name}: {count} ({reason})")
+    if lacking := sorted(name for name, (count, _) in summary.short.items() if count == 0):
+        out.print(f"{len(lacking)} classes have no usable description: {', '.join(lacking)}. Purification "
+                  "scores them by class name. The next run asks again; if the model keeps refusing, try "
+                  "another --llm-model or write descriptions yourself and add them with --import-json FILE.")
     if summary.failed:
         err.print(f"[red]{len(summary.failed)} classes had failed requests[/] (run again to retry them)")
 

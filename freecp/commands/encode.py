@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from freecp.commands import store_check
 from freecp.commands.progress import progress_bars
 
 # The library (torch, open_clip, pyarrow) is imported inside the commands, so `freecp --help`
@@ -143,4 +144,5 @@ def store_compact(url: StoreUrl, model_key: ModelKeyOpt = None) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``encode`` and the ``store`` group to the app."""
     app.command(name="encode")(encode)
+    store_check.register(store_app)
     app.add_typer(store_app, name="store")

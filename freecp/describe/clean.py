@@ -2,8 +2,9 @@
 
 Answers arrive as a JSON list (structured output, or a model that followed the JSON prompt), a
 numbered or bulleted list, or plain prose; small models add chatter, repeat themselves and get
-cut off at ``max_tokens``. ``parse_answer`` splits any of these into candidate items and
-``clean_items`` keeps only the ones worth a text embedding. The rules are versioned so a cache
+cut off at ``max_tokens``. Work is linear in the answer's length and capped at
+``MAX_ANSWER_CHARS``, as answers come from a server nobody controls. ``parse_answer`` splits any
+of these into candidate items and ``clean_items`` keeps only the ones worth a text embedding. The rules are versioned so a cache
 entry records which rules produced its descriptions (the raw answer is kept for re-cleaning).
 """
 
@@ -19,6 +20,7 @@ MIN_CHARS = 8
 MIN_WORDS = 2
 MAX_CHARS = 200
 MAX_WORDS = 35
+MAX_ANSWER_CHARS = 20_000  # far more than max_tokens allows; beyond it an answer is runaway output
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*|```")
 _MARKER = re.compile(r"^\s*(?:[-*•·–—>]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)](?=\s)|#+)\s*")
@@ -48,7 +50,10 @@ def parse_answer(text: str, truncated: bool = False) -> list[str]:
     stopped at ``max_tokens``) the last line, or the last sentence of a one-line answer, is
     dropped, as it was probably cut off.
     """
-    body = _FENCE.sub("\n", text or "")
+    text = text or ""
+    if len(text) > MAX_ANSWER_CHARS:  # bound the work; what is cut is treated like a cut-off answer
+        text, truncated = text[:MAX_ANSWER_CHARS], True
+    body = _FENCE.sub("\n", text)
     items = _json_items(body)
     if items is not None:
         return items
@@ -101,7 +106,8 @@ def _json_items(body: str) -> list[str] | None:
 
 
 def _split_line(line: str) -> list[str]:
-    pieces = _INLINE_NUMBER.split(line.strip()) if line.strip() else []
+    line = " ".join(line.split())  # single spaces: the splitting patterns below stay linear
+    pieces = _INLINE_NUMBER.split(line) if line else []
     out: list[str] = []
     for piece in pieces:
         piece = _MARKER.sub("", piece, count=1).strip()

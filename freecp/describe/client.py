@@ -2,7 +2,9 @@
 
 The HTTP work is the ``openai`` package's ``AsyncOpenAI``: its timeouts, its retries (connection
 errors, timeouts, 408/409/429/5xx, with exponential backoff that honours ``Retry-After``) and its
-error classes. What stays here is what that client does not know: a bound on requests in flight
+error classes. Each attempt has a deadline for the whole exchange (httpx's timeout bounds
+each read only, so a server that drips its answer a byte at a time would otherwise live on).
+What stays here is what that client does not know: a bound on requests in flight
 (``concurrency``, so that a batching server stays busy without being flooded), a check before the
 first request that the server is there and serves the model (and whether it is vLLM), and the
 translation into two outcomes. A server that cannot be reached at all, or that does not serve the
@@ -22,6 +24,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import openai
 
 API_KEY_ENV = "FREECP_LLM_API_KEY"
@@ -125,7 +128,7 @@ class ChatClient:
         self.requests = 0  # requests sent (each counted once, however often it was retried)
         self._slots = asyncio.Semaphore(concurrency)
         key = api_key or os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY") or NO_API_KEY
-        http = openai.DefaultAsyncHttpxClient(trust_env=False)  # no proxy variables between us and the server
+        http = _DeadlineHttpClient(timeout, trust_env=False)  # no proxy variables between us and the server
         self._api = openai.AsyncOpenAI(base_url=self.base, api_key=key, timeout=timeout, max_retries=retries,
                                        http_client=http)
 
@@ -205,6 +208,23 @@ class ChatClient:
         retried = f"gave up after {self.retries + 1} attempts: " if err.status_code in (408, 409, 429) or \
             err.status_code >= 500 else ""
         return LLMRequestError(f"{retried}HTTP {err.status_code}: {text[:200]}")
+
+
+class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
+    """openai's HTTP client with a deadline on each whole attempt, body included.
+
+    A timeout raised here is httpx's own kind, so the openai client retries it like any other.
+    """
+
+    def __init__(self, deadline: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._deadline = deadline
+
+    async def send(self, request: httpx.Request, **kwargs) -> httpx.Response:
+        try:
+            return await asyncio.wait_for(super().send(request, **kwargs), self._deadline)
+        except asyncio.TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {self._deadline:g} s", request=request) from None
 
 
 def _describe(err: Exception) -> str:

@@ -2,8 +2,10 @@
 
 Classes are worked on concurrently (a wave of requests per class at a time, see ``plan``), with
 at most ``concurrency`` requests in flight overall. Answers are appended to the cache in small
-shards while the run goes on, so a run that is killed or loses its server keeps what it got and
-a re-run sends only the missing requests. No server is contacted (or started) when the cache
+shards while the run goes on (at least every ``FLUSH_SECONDS``), so a run that is killed or loses
+its server keeps what it got and a re-run sends only the missing requests. A class whose
+answers gave no usable description (refusals, empty answers) is asked again by the next run; its
+answers are kept but do not count as had. No server is contacted (or started) when the cache
 already holds every answer the plans need.
 """
 
@@ -25,8 +27,8 @@ from freecp.describe.serve import LocalServer, server_command
 from freecp.stores.descriptions import SOURCE_SERVER, CacheEntry, DescriptionCache
 from freecp.vocab import Vocabulary
 
-FLUSH_EVERY = 16
-FLUSH_SECONDS = 5.0
+FLUSH_EVERY = 16     # answers; a burst is written at once
+FLUSH_SECONDS = 1.0  # and nothing waits longer: kill -9 loses at most about a second of answers
 
 log = logging.getLogger(__name__)
 
@@ -170,22 +172,25 @@ class _Runner:
     async def run(self) -> None:
         with self.progress:
             tasks = [asyncio.create_task(self._describe(plan)) for plan in self.plans]
+            flusher = asyncio.create_task(self._flush_every_second())
             try:
                 if tasks:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                     for task in done:
                         task.result()  # re-raises the first error
             finally:
-                for task in tasks:
+                for task in (*tasks, flusher):
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, flusher, return_exceptions=True)
                 await self.connector.aclose()
                 if self.connector.client is not None:
                     self.summary.server = self.connector.client.server
 
     async def _describe(self, plan: ClassPlan) -> None:
+        described = any(self._usable(p.key) for p in plan.candidates)
         while wave := plan.next_wave():
-            misses = [p for p in wave if p.key not in self.store]
+            # a class the cache has no description for at all asks again for its empty answers
+            misses = [p for p in wave if p.key not in self.store or not (described or self._usable(p.key))]
             saved: dict[str, CacheEntry | BaseException] = {}
             if misses:
                 client = await self.connector.get(self._say)
@@ -203,6 +208,13 @@ class _Runner:
             self._show()
         self._close_class(plan)
 
+    def _usable(self, key: str) -> bool:
+        """Whether a cached answer gave descriptions. When none of a class's answers did (refusals,
+        empty answers), they are kept (their raw text shows why) but asked again, within the
+        class's request budget."""
+        entry = self.store.get(key)
+        return entry is not None and bool(entry.descriptions)
+
     async def _ask(self, client: ChatClient, planned: PlannedRequest) -> CacheEntry:
         """Send one request and queue its answer for the cache the moment it arrives."""
         try:
@@ -214,6 +226,13 @@ class _Runner:
         if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self._flush()
         return entry
+
+    async def _flush_every_second(self) -> None:
+        """Write answers that arrived since the last flush, even while no new answer comes."""
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS / 2)
+            if self.pending and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                self._flush()
 
     def _flush(self) -> None:
         self.store.append(self.pending)  # on a store error the answers stay pending for the final flush

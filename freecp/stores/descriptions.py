@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from freecp.dedup import merge_descriptions
 from freecp.files import atomic_write
-from freecp.stores.fs import StoreError, StoreRoot, open_root
+from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.vocab import Vocabulary
 
 SHARD_DIR = "descriptions/shards"
@@ -124,6 +124,8 @@ class DescriptionCache:
                 except FileNotFoundError:
                     missing = True
                     continue
+                except DescriptionCacheError as err:  # junk in a shared cache: skip it, say which
+                    skip_unreadable(f"{self.root.url}/{shard}", err)
                 self._read_shards.add(shard)
             if not missing:
                 break

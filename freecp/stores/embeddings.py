@@ -48,7 +48,7 @@ import freecp
 from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
 from freecp.clip.text import ClassEmbeddings, average_embeddings, encode_class_names
 from freecp.progress import ProgressCallback
-from freecp.stores.fs import StoreError, StoreRoot, open_root
+from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -395,6 +395,9 @@ class EmbeddingStore:
             table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
         except FileNotFoundError:
             return None
+        except pa.ArrowInvalid as err:  # junk: as if absent, so `freecp encode` writes it anew
+            skip_unreadable(f"{self.url}/{path}", err)
+            return None
         except OSError as err:
             if not self.root.exists(path):
                 return None
@@ -418,10 +421,14 @@ class EmbeddingStore:
         columns = columns or ["text_hash", "text", "vector"]
         value_set = pa.array(sorted(wanted), pa.string()) if wanted else None
 
-        def read(path: str) -> pa.Table:
+        def read(path: str) -> pa.Table | None:
             # Reading whole columns and filtering after is faster than a dataset filter here.
-            table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
-            meta = _shard_meta(table.schema, f"{self.url}/{path}")
+            try:
+                table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
+                meta = _shard_meta(table.schema, f"{self.url}/{path}")
+            except (pa.ArrowInvalid, NotAShardError) as err:
+                skip_unreadable(f"{self.url}/{path}", err)
+                return None
             _check_model(f"{self.url}/{path}", meta["model_key"], int(meta["dim"]), key, dim)
             if value_set is not None:
                 table = table.filter(pc.is_in(table.column("text_hash"), value_set=value_set))
@@ -431,7 +438,7 @@ class EmbeddingStore:
             paths = self.root.list_files(posixpath.join(folder, kind), ".parquet")
             try:
                 with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
-                    tables = list(pool.map(read, paths))
+                    tables = [t for t in pool.map(read, paths) if t is not None]
                 break
             except OSError as err:
                 if attempt == READ_ATTEMPTS - 1 or all(self.root.exists(p) for p in paths):
@@ -459,6 +466,9 @@ class EmbeddingStore:
             for path in files:  # the first file that still exists (compaction may remove some)
                 try:
                     meta = pq.read_schema(self.root.path(path), filesystem=self.root.fs).metadata or {}
+                except pa.ArrowInvalid as err:
+                    skip_unreadable(f"{self.url}/{path}", err)
+                    continue
                 except OSError:
                     continue
                 info = json.loads(meta.get(MANIFEST_META_KEY) or meta.get(META_KEY) or b"null")
@@ -487,8 +497,12 @@ class EmbeddingStore:
         for key in keys:
             folder = posixpath.join(MODELS_DIR, model_dir(key), MANIFESTS_DIR)
             for path in self.root.list_files(folder, ".parquet"):
-                table = pq.read_table(self.root.path(path), filesystem=self.root.fs,
-                                      columns=["names", "description_mean"])
+                try:
+                    table = pq.read_table(self.root.path(path), filesystem=self.root.fs,
+                                          columns=["names", "description_mean"])
+                except pa.ArrowInvalid as err:
+                    skip_unreadable(f"{self.url}/{path}", err)
+                    continue
                 meta = json.loads((table.schema.metadata or {}).get(MANIFEST_META_KEY, b"{}"))
                 if not meta:
                     continue
@@ -633,10 +647,14 @@ def _manifest_path(folder: str, content_hash: str) -> str:
     return posixpath.join(folder, MANIFESTS_DIR, f"{content_hash}.parquet")
 
 
+class NotAShardError(EmbeddingStoreError):
+    """A readable Parquet file without freecp's shard metadata (someone else's file)."""
+
+
 def _shard_meta(schema: pa.Schema, origin: str) -> dict:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
-        raise EmbeddingStoreError(f"{origin} is not a freecp embedding shard "
+        raise NotAShardError(f"{origin} is not a freecp embedding shard "
                                   f"(no {META_KEY.decode()} metadata)")
     return json.loads(raw)
 
