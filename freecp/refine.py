@@ -2,13 +2,16 @@
 
 Boxes from a score map: the map is quantised to 0..255 and thresholded above int(0.4 * max); each
 8-connected component of the mask gives one bounding box (x0, y0, x0 + w, y0 + h), clipped to
-size - 1. That equals the union of the bounding boxes of OpenCV's external and internal contours
-(an internal contour lies inside its component's box), and lets every class of every window be
-labelled in one ``scipy.ndimage.label`` call instead of a Python loop over classes.
+size - 1. For refinement's box masks that equals the union of the bounding boxes of OpenCV's
+external and internal contours (an internal contour lies inside its component's box), and lets
+every class of every window be labelled in one ``scipy.ndimage.label`` call instead of a Python
+loop over classes. Ambiguity purification crops each box, so there the two rules differ: the
+reference crops one box per contour, hole borders included (``contour_boxes``).
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from scipy import ndimage
@@ -54,6 +57,18 @@ def component_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y1 = np.minimum(np.array([s[1].stop for s in slices]), h - 1)
     x1 = np.minimum(np.array([s[2].stop for s in slices]), w - 1)
     return owner, np.stack([x0, y0, x1, y1], axis=1)
+
+
+def contour_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes of EVERY contour of a binary mask [h, w] (outer borders and hole borders), in
+    OpenCV's order, as x0, y0, x1, y1 clipped to size - 1: the reference's boxes for AP crops."""
+    h, w = mask.shape
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    boxes = []
+    for contour in contours:
+        x, y, width, height = cv2.boundingRect(contour)
+        boxes.append((x, y, min(x + width, w - 1), min(y + height, h - 1)))
+    return boxes
 
 
 def box_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
