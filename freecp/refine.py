@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 SINKHORN_ROUNDS = 3
+REFINE_EPS = 1e-8  # added to each refined map's range (the reference's; fits the fixtures to 1e-9)
 
 
 def affinity_transition(attention: torch.Tensor) -> torch.Tensor:
@@ -86,13 +87,19 @@ def box_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
     return out.clamp_max(1)
 
 
-def refine(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Refined maps: transition @ (box mask * map) for all classes in one product, then per-class
-    min-max to [0, 1]. maps [B, K, h, w] (global-min-max normalised), transition [B, N, N]."""
+def propagate(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
+    """transition @ (box mask * map) for all classes in one product: maps [B, K, h, w]
+    (global-min-max normalised), transition [B, N, N] -> [B, K, N], before any normalisation."""
     batch, classes, h, w = maps.shape
     boxes = box_masks(maps.reshape(batch * classes, h, w), threshold).reshape(batch, classes, h * w)
     masked = boxes * maps.reshape(batch, classes, h * w)
-    refined = masked @ transition.transpose(-1, -2)  # [B, K, N]: sum_q T(p, q) * masked(q)
+    return masked @ transition.transpose(-1, -2)  # [B, K, N]: sum_q T(p, q) * masked(q)
+
+
+def refine(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Refined maps: ``propagate``, then per-class min-max as the reference,
+    (x - min) / (max - min + 1e-8), so a nearly flat map stays below 1."""
+    refined = propagate(maps, transition, threshold)
     low = refined.min(dim=-1, keepdim=True).values
     high = refined.max(dim=-1, keepdim=True).values
-    return ((refined - low) / (high - low).clamp_min(1e-8)).reshape(batch, classes, h, w)
+    return ((refined - low) / (high - low + REFINE_EPS)).reshape(maps.shape)

@@ -136,7 +136,8 @@ class Segmenter:
             maps = (refined * keep[:, :, None, None])[:, survivors]  # RP shrinks K for all that follows
             classes = self.foreground[survivors]
         if trace is not None:
-            trace.query_softmax, trace.normalized, trace.refined = probs.permute(0, 3, 1, 2), normalized, refined
+            trace.attention, trace.query_softmax = attention, probs.permute(0, 3, 1, 2)
+            trace.normalized, trace.refined = normalized, refined
             trace.rp_scores, trace.rp_keep = rp_scores, keep
             trace.after_rp = scatter_columns(maps, survivors, len(self.foreground))
         groups: list[AmbiguityGroup] = []

@@ -23,6 +23,7 @@ class SegmentTrace:
 
     windows: torch.Tensor | None = None         # [B, 3, wh, ww] normalised window pixels
     origins: list[tuple[int, int]] = field(default_factory=list)  # (y0, x0) in the resized image
+    attention: torch.Tensor | None = None       # [B, N, N] blocks 1..L-1, head-averaged, CLS dropped
     query_softmax: torch.Tensor | None = None   # [B, Q, h, w] softmax over all queries
     normalized: torch.Tensor | None = None      # [B, Kf, h, w] foreground maps after the global min-max
     refined: torch.Tensor | None = None         # [B, Kf, h, w] after attention refinement

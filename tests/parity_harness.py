@@ -7,8 +7,11 @@ order, so the first entry names the earliest stage (and window) that differs; it
 the agreement figures the README reports. Used by tests/test_parity.py and, for the numbers,
 ``python -m tests.parity_harness``.
 
-Stored maps are float16, so maps are compared with an absolute tolerance (``MAP_ATOL``);
-class sets, groups, boxes and crop winners must be identical.
+Stored maps are float16, so maps are compared with an absolute tolerance (``MAP_ATOL``).
+Refined maps get more where float32 itself cannot do better (``refined_tolerance``): on random
+weights the attention is nearly uniform, so before its min-max a refined map can vary by only a
+few float32 steps of its mean, and that map is rounding noise in the reference as much as here.
+Class sets, groups, boxes and crop winners must be identical.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from freecp.clip import ClassEmbeddings, ClipBackbone, embed_vocabulary, load_backbone
+from freecp.clip import ClassEmbeddings, ClipBackbone, DenseOutput, embed_vocabulary, load_backbone
 from freecp.io import read_image
+from freecp.refine import affinity_transition, propagate
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.trace import SegmentTrace
@@ -44,13 +48,15 @@ TEXT_FIXTURE = "sclip_low"    # the text side does not depend on the variant; tw
 MAP_ATOL = 2e-3               # float16 storage of values in [0, 1]: half an ulp near 1 is 2.4e-4
 TEXT_ATOL = 1e-4              # text embeddings are stored as float32
 PIXEL_TARGET = 0.999          # share of final label pixels that must agree
+FLOAT32_STEP = 2.0 ** -24     # relative rounding of one float32 operation
+NOISE_MARGIN = 4.0            # how many times the expected float32 drift a refined map may differ
 
-MAP_STAGES = (  # (fixture key, trace attribute, first query of the fixture's maps to compare)
-    ("softmax_maps", "query_softmax", 0),
-    ("normalized_maps", "normalized", None),
-    ("refined", "refined", None),
-    ("after_rp", "after_rp", None),
-    ("after_ap", "after_ap", None),
+MAP_STAGES = (  # (fixture key, trace attribute, first query of the fixture's maps to compare, refined?)
+    ("softmax_maps", "query_softmax", 0, False),
+    ("normalized_maps", "normalized", None, False),
+    ("refined", "refined", None, True),
+    ("after_rp", "after_rp", None, True),
+    ("after_ap", "after_ap", None, True),
 )
 
 
@@ -123,10 +129,25 @@ def reference_descriptions() -> dict[str, list[str]]:
     return json.loads((FIXTURES / "voc21_reference_descriptions.json").read_text())
 
 
-def backbone_for(model: ClipBackbone, variant: str) -> ClipBackbone:
-    """The same loaded CLIP model behind another variant's last-block path (no second load)."""
-    return ClipBackbone(model.model, model.tokenizer, model.model_name, model.model_key,
-                        variant=variant, protocol="freecp", device=str(model.device))
+class RememberingBackbone(ClipBackbone):
+    """A backbone that remembers its dense forwards by input content: the parity configurations
+    of one variant differ only in thresholds, so their windows need one forward, not two."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._dense: dict[str, DenseOutput] = {}
+
+    def dense_forward(self, windows: torch.Tensor) -> DenseOutput:
+        key = hashlib.sha256(windows.numpy().tobytes()).hexdigest()
+        if key not in self._dense:
+            self._dense[key] = super().dense_forward(windows)
+        return self._dense[key]
+
+
+def backbone_for(model: ClipBackbone, variant: str) -> RememberingBackbone:
+    """The same loaded CLIP model behind a variant's last-block path (no second load)."""
+    return RememberingBackbone(model.model, model.tokenizer, model.model_name, model.model_key,
+                               variant=variant, protocol="freecp", device=str(model.device))
 
 
 def load_parity_backbone(weights: Path) -> ClipBackbone:
@@ -197,6 +218,15 @@ def compare_text(embeddings: ClassEmbeddings, vocab: Vocabulary) -> list[Differe
     return differences
 
 
+def refined_tolerance(trace: SegmentTrace, threshold: float) -> np.ndarray:
+    """[B, Kf] tolerance per refined map: MAP_ATOL plus the float32 drift of a sum of N products
+    (sqrt(N) roundings of the map's mean), as a share of the range its min-max divides by."""
+    raw = propagate(trace.normalized, affinity_transition(trace.attention), threshold)
+    spread = raw.amax(dim=-1) - raw.amin(dim=-1)
+    drift = NOISE_MARGIN * FLOAT32_STEP * raw.shape[-1] ** 0.5 * raw.abs().mean(dim=-1)
+    return MAP_ATOL + (drift / spread.clamp_min(1e-30)).numpy()
+
+
 def run_image(segmenter: Segmenter, image: str) -> tuple[np.ndarray, SegmentTrace]:
     trace = SegmentTrace()
     pixels = read_image(VOC_MINI / "JPEGImages" / f"{image}.jpg", segmenter.settings.max_pixels)
@@ -204,7 +234,7 @@ def run_image(segmenter: Segmenter, image: str) -> tuple[np.ndarray, SegmentTrac
 
 
 def compare_image(config: Configuration, image: str, labels: np.ndarray, trace: SegmentTrace,
-                  vocab: Vocabulary) -> tuple[list[Difference], Agreement]:
+                  vocab: Vocabulary, box_threshold: float = 0.4) -> tuple[list[Difference], Agreement]:
     """Every difference between freecp's run of ``image`` and the reference's, in pipeline order."""
     record = json.loads((config.folder / f"{image}.json").read_text())["windows"]
     stored = np.load(config.folder / f"{image}_windows.npz")
@@ -223,18 +253,21 @@ def compare_image(config: Configuration, image: str, labels: np.ndarray, trace: 
         if gap > 0:
             found.append(Difference("input crop", w, f"differs (max abs {gap:.3g})"))
 
-    for key, attribute, first in MAP_STAGES:
+    noisy = refined_tolerance(trace, box_threshold)
+    for key, attribute, first, refined in MAP_STAGES:
         ours = getattr(trace, attribute).numpy()
         theirs = stored[key].astype(np.float32)[:, (0 if first is not None else n_bg):]
         gaps = np.abs(ours - theirs).reshape(len(ours), ours.shape[1], -1).max(axis=-1)
+        tolerance = noisy if refined else np.full(gaps.shape, MAP_ATOL)
         agreement.max_abs[key] = float(gaps.max())
+        agreement.max_abs[key + " (beyond tolerance)"] = float((gaps - tolerance).max())
         for w in range(len(record)):
-            worst = int(gaps[w].argmax())
-            if gaps[w, worst] > MAP_ATOL:
+            worst = int((gaps[w] - tolerance[w]).argmax())
+            if gaps[w, worst] > tolerance[w, worst]:
                 name = vocab.queries[worst] if first is not None else vocab.class_names[vocab.foreground_indices[worst]]
                 found.append(Difference(key, w, f"class {name!r} differs (max abs {gaps[w, worst]:.3g})"))
         if key == "refined":
-            found += _compare_rp(record, trace, agreement)
+            found += _compare_rp(record, trace, agreement, noisy)
     found += _compare_ap(record, trace, vocab, agreement)
 
     reference = np.asarray(Image.open(config.folder / f"{image}.png"))
@@ -246,7 +279,10 @@ def compare_image(config: Configuration, image: str, labels: np.ndarray, trace: 
     return found, agreement
 
 
-def _compare_rp(record: list[dict], trace: SegmentTrace, agreement: Agreement) -> list[Difference]:
+def _compare_rp(record: list[dict], trace: SegmentTrace, agreement: Agreement,
+                tolerance: np.ndarray) -> list[Difference]:
+    """Survivors must be identical; a score may differ by its refined map's tolerance (it is a
+    weighted mean of that map, weights the softmax map)."""
     found = []
     for w, window in enumerate(record):
         ours = torch.nonzero(trace.rp_keep[w]).flatten().tolist()
@@ -254,9 +290,9 @@ def _compare_rp(record: list[dict], trace: SegmentTrace, agreement: Agreement) -
             agreement.windows_rp_equal += 1
         else:
             found.append(Difference("kept after RP", w, f"{ours} vs reference {window['kept_after_rp']}"))
-        gap = float(np.abs(trace.rp_scores[w].numpy() - np.asarray(window["rp_scores"])).max())
-        if gap > MAP_ATOL:
-            found.append(Difference("RP scores", w, f"differ (max abs {gap:.3g})"))
+        gaps = np.abs(trace.rp_scores[w].numpy() - np.asarray(window["rp_scores"]))
+        if (gaps > tolerance[w] * np.asarray(window["rp_scores"]) + MAP_ATOL / 10).any():
+            found.append(Difference("RP scores", w, f"differ (max abs {gaps.max():.3g})"))
     return found
 
 
@@ -315,9 +351,11 @@ def main() -> None:
     for difference in compare_text(embeddings, vocab):
         print("text:", difference.describe("text", TEXT_FIXTURE))
     names = sys.argv[1:] or CONFIGURATIONS
+    backbones: dict[str, RememberingBackbone] = {}
     for name in names:
         config = configuration(name)
-        segmenter = Segmenter(backbone_for(base, config.variant), vocab, embeddings, config.settings())
+        backbone = backbones.setdefault(config.variant, backbone_for(base, config.variant))
+        segmenter = Segmenter(backbone, vocab, embeddings, config.settings())
         total = Agreement()
         for image in IMAGES:
             labels, trace = run_image(segmenter, image)
