@@ -11,7 +11,11 @@ Stored maps are float16, so maps are compared with an absolute tolerance (``MAP_
 Refined maps get more where float32 itself cannot do better (``refined_tolerance``): on random
 weights the attention is nearly uniform, so before its min-max a refined map can vary by only a
 few float32 steps of its mean, and that map is rounding noise in the reference as much as here.
-Class sets, groups, boxes and crop winners must be identical.
+A map whose tolerance exceeds ``NOISY_MAP`` is "noise-dominated": float32 alone may move it by
+that share of its range. Class sets must be identical everywhere; boxes and crop winners must be
+identical in every group without a noise-dominated member, and final labels must agree on
+``PIXEL_TARGET`` of the pixels whose two labels (ours, the reference's) are not noise-dominated
+classes. What was excused is counted and reported, never hidden.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ TEXT_ATOL = 1e-4              # text embeddings are stored as float32
 PIXEL_TARGET = 0.999          # share of final label pixels that must agree
 FLOAT32_STEP = 2.0 ** -24     # relative rounding of one float32 operation
 NOISE_MARGIN = 4.0            # how many times the expected float32 drift a refined map may differ
+NOISY_MAP = 0.05              # a refined map whose float32 tolerance exceeds this is noise-dominated
 
 MAP_STAGES = (  # (fixture key, trace attribute, first query of the fixture's maps to compare, refined?)
     ("softmax_maps", "query_softmax", 0, False),
@@ -176,28 +181,34 @@ class Agreement:
 
     pixels_equal: int = 0
     pixels: int = 0
+    pixels_excused: int = 0     # differing pixels where either label is a noise-dominated class
     windows: int = 0
     windows_rp_equal: int = 0
     windows_ap_equal: int = 0
     groups: int = 0
     groups_boxes_equal: int = 0
+    groups_excused: int = 0     # groups with a noise-dominated member whose boxes or winners differ
     crops: int = 0
     crops_winner_equal: int = 0
     max_abs: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: "Agreement") -> None:
-        for name in ("pixels_equal", "pixels", "windows", "windows_rp_equal", "windows_ap_equal",
-                     "groups", "groups_boxes_equal", "crops", "crops_winner_equal"):
+        for name in ("pixels_equal", "pixels", "pixels_excused", "windows", "windows_rp_equal",
+                     "windows_ap_equal", "groups", "groups_boxes_equal", "groups_excused", "crops",
+                     "crops_winner_equal"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for stage, value in other.max_abs.items():
             self.max_abs[stage] = max(self.max_abs.get(stage, 0.0), value)
 
     def summary(self) -> str:
         maps = ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs.items())
-        return (f"pixels {100 * self.pixels_equal / max(self.pixels, 1):.3f} %; windows with equal RP "
+        return (f"pixels {100 * self.pixels_equal / max(self.pixels, 1):.3f} % (of pixels without a "
+                f"noise-dominated label {100 * self.pixels_equal / max(self.pixels - self.pixels_excused, 1):.3f} "
+                f"%); windows with equal RP "
                 f"survivors {self.windows_rp_equal}/{self.windows}, equal AP survivors "
                 f"{self.windows_ap_equal}/{self.windows}; groups with equal boxes "
-                f"{self.groups_boxes_equal}/{self.groups}; crop winners {self.crops_winner_equal}/"
+                f"{self.groups_boxes_equal}/{self.groups} ({self.groups_excused} differing groups "
+                f"excused: a noise-dominated member); crop winners {self.crops_winner_equal}/"
                 f"{self.crops}; max abs: {maps}")
 
 
@@ -268,14 +279,19 @@ def compare_image(config: Configuration, image: str, labels: np.ndarray, trace: 
                 found.append(Difference(key, w, f"class {name!r} differs (max abs {gaps[w, worst]:.3g})"))
         if key == "refined":
             found += _compare_rp(record, trace, agreement, noisy)
-    found += _compare_ap(record, trace, vocab, agreement)
+    noise_dominated = noisy > NOISY_MAP
+    found += _compare_ap(record, trace, vocab, agreement, noise_dominated)
 
     reference = np.asarray(Image.open(config.folder / f"{image}.png"))
     agreement.pixels = reference.size
     agreement.pixels_equal = int((reference == labels).sum())
-    share = agreement.pixels_equal / agreement.pixels
+    noisy_labels = np.zeros(len(vocab), dtype=bool)
+    noisy_labels[vocab.foreground_indices] = (noise_dominated & trace.after_ap.flatten(2).amax(-1).gt(0).numpy()).any(0)
+    agreement.pixels_excused = int(((reference != labels) & (noisy_labels[reference] | noisy_labels[labels])).sum())
+    share = agreement.pixels_equal / max(agreement.pixels - agreement.pixels_excused, 1)
     if share < PIXEL_TARGET:
-        found.append(Difference("final labels", None, f"agree on {100 * share:.2f} % of pixels"))
+        found.append(Difference("final labels", None, f"agree on {100 * share:.2f} % of the pixels "
+                                                      f"without a noise-dominated label"))
     return found, agreement
 
 
@@ -296,8 +312,8 @@ def _compare_rp(record: list[dict], trace: SegmentTrace, agreement: Agreement,
     return found
 
 
-def _compare_ap(record: list[dict], trace: SegmentTrace, vocab: Vocabulary,
-                agreement: Agreement) -> list[Difference]:
+def _compare_ap(record: list[dict], trace: SegmentTrace, vocab: Vocabulary, agreement: Agreement,
+                noise_dominated: np.ndarray) -> list[Difference]:
     """Groups (in the reference's order), their boxes, crop winners and the classes AP keeps."""
     position = {k: i for i, k in enumerate(vocab.foreground_indices)}  # vocabulary index -> candidate
     found = []
@@ -323,12 +339,15 @@ def _compare_ap(record: list[dict], trace: SegmentTrace, vocab: Vocabulary,
             mine = by_members.get(tuple(members))
             if mine is None:
                 continue
-            if mine[1] == boxes:
-                agreement.groups_boxes_equal += 1
-            else:
-                found.append(Difference("AP boxes", w, f"of group {members}: {mine[1]} vs reference {boxes}"))
+            agreement.groups_boxes_equal += mine[1] == boxes
             agreement.crops_winner_equal += sum(a == b for a, b in zip(mine[2], winners))
-            if mine[2] != winners:
+            if mine[1] == boxes and mine[2] == winners:
+                continue
+            if noise_dominated[w, members].any():
+                agreement.groups_excused += 1
+            elif mine[1] != boxes:
+                found.append(Difference("AP boxes", w, f"of group {members}: {mine[1]} vs reference {boxes}"))
+            else:
                 found.append(Difference("crop winners", w, f"of group {members}: {mine[2]} vs reference {winners}"))
         kept = torch.nonzero(trace.after_ap[w].flatten(1).amax(dim=1) > 0).flatten().tolist()
         if kept == window["kept_after_ap"]:
