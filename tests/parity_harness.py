@@ -198,7 +198,7 @@ class Agreement:
                      "crops_winner_equal"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for stage, value in other.max_abs.items():
-            self.max_abs[stage] = max(self.max_abs.get(stage, 0.0), value)
+            self.max_abs[stage] = max(self.max_abs.get(stage, value), value)
 
     def summary(self) -> str:
         maps = ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs.items())
