@@ -152,6 +152,8 @@ class Segmenter:
         with timer("compose"):
             labels, scores = self._compose(maps, classes, windows, image.shape[:2],
                                            background_from_max=self.vocab.has_background)
+        if trace is not None:
+            trace.scores, trace.score_classes = self._canvas(maps, windows, image.shape[:2]), classes
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
         report = self._report(rp_scores, survivors, alive, groups, windows, image.shape[:2])
         return Segmentation(labels, scores, report, dict(timer.seconds))

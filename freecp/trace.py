@@ -32,6 +32,8 @@ class SegmentTrace:
     after_rp: torch.Tensor | None = None        # [B, Kf, h, w] refined maps of the survivors
     after_ap: torch.Tensor | None = None        # [B, Kf, h, w] what composition receives
     groups: list[AmbiguityGroup] = field(default_factory=list)  # members are vocabulary indices
+    scores: torch.Tensor | None = None          # [C, H, W] composed maps of ``score_classes``, original size
+    score_classes: torch.Tensor | None = None   # [C] vocabulary indices of the classes composed
 
 
 def scatter_columns(maps: torch.Tensor, columns: torch.Tensor, width: int) -> torch.Tensor:
