@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from freecp.clip.text import ClassEmbeddings
 from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
 from freecp.refine import affinity_transition, refine
 from freecp.settings import SegmentSettings
+from freecp.trace import SegmentTrace, scatter_columns
 from freecp.vocab import Vocabulary
 
 CLIP_MEAN = torch.tensor([122.771, 116.746, 104.094]).view(3, 1, 1)
@@ -101,12 +103,17 @@ class Segmenter:
             self.ap_targets = "descriptions"
 
     # ------------------------------------------------------------------ public
-    def segment(self, image: np.ndarray) -> Segmentation:
-        """Label an HxWx3 uint8 RGB image; the label map has the image's own size."""
+    def segment(self, image: np.ndarray, trace: SegmentTrace | None = None) -> Segmentation:
+        """Label an HxWx3 uint8 RGB image; the label map has the image's own size.
+
+        ``trace``, when given, is filled with every per-window stage (see ``freecp.trace``).
+        """
         timer = _StageTimer()
         s = self.settings
         with timer("input"):
             windows = self._windows(self._preprocess(image))
+        if trace is not None:
+            trace.windows, trace.origins = windows.pixels, windows.origins
         with timer("backbone"):
             outputs = [self.backbone.dense_forward(chunk) for chunk in windows.pixels.split(s.window_batch)]
             features = torch.cat([o.features for o in outputs])
@@ -122,34 +129,45 @@ class Segmenter:
 
         fg_cams = cams[:, self.foreground]
         with timer("refine"):
-            refined = refine(global_minmax(fg_cams), affinity_transition(attention), s.box_threshold)
+            normalized = global_minmax(fg_cams, bounds_from=probs)  # bounds over ALL queries, as the reference
+            refined = refine(normalized, affinity_transition(attention), s.box_threshold)
         with timer("rp"):
             rp_scores, keep = self._redundancy(fg_cams, refined)
             survivors = keep.any(dim=0)
             maps = (refined * keep[:, :, None, None])[:, survivors]  # RP shrinks K for all that follows
             classes = self.foreground[survivors]
+        if trace is not None:
+            trace.attention, trace.query_softmax = attention, probs.permute(0, 3, 1, 2)
+            trace.normalized, trace.refined = normalized, refined
+            trace.rp_scores, trace.rp_keep = rp_scores, keep
+            trace.after_rp = scatter_columns(maps, survivors, len(self.foreground))
         groups: list[AmbiguityGroup] = []
         if s.ambiguity and len(classes) > 1:
             with timer("ap"):
                 if s.scope == "window":
-                    maps, groups = self._ambiguity_per_window(maps, classes, windows)
+                    maps, groups = self._ambiguity_per_window(maps, classes, windows, trace is not None)
                 else:
                     maps, groups = self._ambiguity_per_image(maps, classes, windows)
+        if trace is not None:
+            trace.after_ap, trace.groups = scatter_columns(maps, survivors, len(self.foreground)), groups
         with timer("compose"):
             labels, scores = self._compose(maps, classes, windows, image.shape[:2],
                                            background_from_max=self.vocab.has_background)
+        if trace is not None:
+            trace.scores, trace.score_classes = self._canvas(maps, windows, image.shape[:2]), classes
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
         report = self._report(rp_scores, survivors, alive, groups, windows, image.shape[:2])
         return Segmentation(labels, scores, report, dict(timer.seconds))
 
     # ------------------------------------------------------------------ input
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Keep-ratio resize to (2048, S) as the reference, bilinear, then CLIP normalisation."""
+        """Keep-ratio resize to (2048, S), then CLIP normalisation, exactly as the reference's
+        mmcv pipeline: OpenCV's bilinear resize on the 8-bit image (its rounding included)."""
         h, w = image.shape[:2]
         factor = min(MAX_LONG_SIDE / max(h, w), self.settings.short_side / min(h, w))
         size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None]
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)[0]
+        resized = cv2.resize(np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
         return (pixels - CLIP_MEAN) / CLIP_STD
 
     def _windows(self, pixels: torch.Tensor) -> _Windows:
@@ -178,16 +196,23 @@ class Segmenter:
         keep = scores > s.rp_threshold if s.redundancy else torch.ones_like(scores, dtype=torch.bool)
         return scores, keep
 
-    def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor,
-                              windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
-        """Plan groups in every window, classify all their crops in one batch, zero the losers."""
+    def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows,
+                              every_valid_box: bool = False) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
+        """Plan groups in every window, classify all their crops in one batch, zero the losers.
+
+        ``every_valid_box`` also encodes the valid boxes of groups that a degenerate box keeps
+        whole (their winners change nothing; a trace records them, as the reference does).
+        """
         s = self.settings
         groups = []
         for b in range(len(maps)):
             alive = torch.nonzero(maps[b].flatten(1).amax(dim=1) > 0).flatten().tolist()
-            groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b)
-        crops = [self._crop(windows.pixels[g.scope], box) for g in groups for box in g.crop_boxes]
-        return self._settle(maps, classes, groups, crops), groups
+            groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b,
+                                     box_rule=s.box_rule)
+        boxes = [g.valid_boxes if every_valid_box else g.crop_boxes for g in groups]
+        crops = [self._crop(windows.pixels[g.scope], box) for g, group_boxes in zip(groups, boxes)
+                 for box in group_boxes]
+        return self._settle(maps, classes, groups, crops, [len(b) for b in boxes]), groups
 
     def _ambiguity_per_image(self, maps: torch.Tensor, classes: torch.Tensor,
                              windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
@@ -196,12 +221,13 @@ class Segmenter:
         p = self.backbone.patch_size
         height, width = windows.size
         image_maps = self._canvas(maps, windows, (height // p, width // p))
-        groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold)
+        groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold,
+                                box_rule=s.box_rule)
         crops = [self._crop(windows.image, box) for g in groups for box in g.crop_boxes]
         return self._settle(maps, classes, groups, crops), groups
 
     def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
-                crops: list[torch.Tensor]) -> torch.Tensor:
+                crops: list[torch.Tensor], crop_counts: list[int] | None = None) -> torch.Tensor:
         """Re-classify all crops in one batch; zero each group's losers in its window (or all).
 
         Group members arrive as indices into ``classes`` and leave as vocabulary indices.
@@ -211,7 +237,7 @@ class Segmenter:
         for g in groups:
             g.members = [int(classes[m]) for m in g.members]
         embedded = self.backbone.encode_crops(torch.stack(crops)) if crops else self.crop_targets[:0]
-        resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale)
+        resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale, crop_counts)
         column = {int(c): i for i, c in enumerate(classes)}
         maps = maps.clone()
         per_image = self.settings.scope == "image"

@@ -17,6 +17,7 @@ Variant = Literal["maskclip", "sclip", "clearclip", "naclip", "vanilla"]
 Protocol = Literal["freecp", "original"]
 ScFormula = Literal["half-dice", "soft-iou"]
 PurifyScope = Literal["window", "image"]
+BoxRule = Literal["contours", "components"]
 
 VARIANTS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "vanilla")
 PROTOCOLS: tuple[str, ...] = ("freecp", "original")
@@ -39,6 +40,7 @@ class SegmentSettings:
     sc_formula: ScFormula = "half-dice"
     scope: PurifyScope = "window"  # decide classes per window (reference) or once per image
     box_threshold: float = 0.4     # boxes from maps thresholded at this fraction of the max
+    box_rule: BoxRule = "contours"  # AP crops: one per contour, holes too (reference), or per component
     crop_size: int = 112           # AP crops are resized to this square
     window_batch: int = 16         # windows per backbone call
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
@@ -56,6 +58,8 @@ class SegmentSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
+        if self.box_rule not in ("contours", "components"):
+            raise ValueError(f"unknown box rule {self.box_rule!r}; choose contours or components")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
 

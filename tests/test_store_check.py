@@ -34,7 +34,7 @@ def test_bad_files_are_skipped_by_readers_and_quarantined_by_store_check(tmp_pat
     url = str(tmp_path / "store")
     store = EmbeddingStore(url)
     with one_torch_thread():
-        store.ensure(VOCAB, tiny_backbone, progress=False)
+        store.ensure(VOCAB, tiny_backbone)
     good = store.load(VOCAB, tiny_backbone)
     junk = _junk(tmp_path / "store" / MODELS_DIR / model_dir(tiny_backbone.model_key) / CLASS)
     cache = DescriptionCache(url)

@@ -38,6 +38,8 @@ ApThreshold = Annotated[Optional[float], typer.Option("--ap-threshold", help="Ov
 ScFormula = Annotated[
     Optional[str], typer.Option("--sc-formula", help="Self-consistency: 'half-dice' (reference) or 'soft-iou'.")
 ]
+BoxRule = Annotated[Optional[str], typer.Option(
+    "--box-rule", help="AP crop boxes: one per 'contours' (reference, hole borders too) or per 'components'.")]
 ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Resize the short side to this many pixels.")]
 Window = Annotated[Optional[int], typer.Option("--window", help="Sliding-window size in pixels.")]
 Stride = Annotated[Optional[int], typer.Option("--stride", help="Sliding-window stride in pixels.")]
@@ -68,6 +70,7 @@ class SegmentationOptions:
     rp_threshold: RpThreshold = None
     ap_threshold: ApThreshold = None
     sc_formula: ScFormula = None
+    box_rule: BoxRule = None
     short_side: ShortSide = None
     window: Window = None
     stride: Stride = None

@@ -209,7 +209,8 @@ class DescriptionCache:
 
     def import_json(self, path: str | Path) -> int:
         """Add the classes of a ``{class: [descriptions]}`` file as reviewed descriptions; return how
-        many. The whole file is checked first, so a bad file writes nothing."""
+        many. Texts are kept as listed (whitespace collapsed, empty ones dropped, repeats kept).
+        The whole file is checked first, so a bad file writes nothing."""
         source = Path(path)
         try:
             data = json.loads(source.read_text(encoding="utf-8"))
@@ -222,7 +223,9 @@ class DescriptionCache:
         for name, texts in data.items():
             if not name.strip() or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise DescriptionCacheError(f"{source}: class {name!r} must map to a list of strings")
-            cleaned = tuple(dict.fromkeys(" ".join(t.split()) for t in texts if t.strip()))
+            # Repeats are kept: a class's AP target is the mean of its list, so a description
+            # listed twice weighs twice (the reference's files repeat some, and it averages all).
+            cleaned = tuple(" ".join(t.split()) for t in texts if t.strip())
             key = hashlib.sha256(json.dumps([SOURCE_IMPORT, name, cleaned]).encode("utf-8")).hexdigest()
             entries.append(CacheEntry(
                 key=key, class_name=name.strip(), class_names=(name.strip(),), prompt_set="", prompt_id="",
