@@ -125,11 +125,15 @@ def find_images(root: Path, exclude: Path | None = None) -> list[Path]:
 
 def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
                     clip_checkpoint: str | None = None, store: str | None = None, device: str = "cpu",
-                    settings: SegmentSettings | None = None, encode_missing: bool = True) -> Segmenter:
-    """Load the backbone and the vocabulary's text embeddings (from a store when given)."""
+                    settings: SegmentSettings | None = None, encode_missing: bool = True,
+                    quick_gelu: bool | None = None) -> Segmenter:
+    """Load the backbone and the vocabulary's text embeddings (from a store when given).
+
+    ``quick_gelu`` picks the activation of a checkpoint (None: detect, see ``freecp.clip.activation``).
+    """
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             variant=settings.variant, protocol=settings.protocol)
+                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu)
     if store is None:
         embeddings = embed_vocabulary(backbone, vocab)
     else:

@@ -30,7 +30,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from freecp.clip.activation import (Activation, AmbiguousActivationError, architecture_name, checkpoint_activation, config_quick_gelu,
+                                    is_torchscript_archive, load_state_dict, tag_activation)
+
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
+logger = logging.getLogger(__name__)
 
 RANDOM_TAGS = (None, "", "none", "random")
 NACLIP_GAUSSIAN_STD = 5.0  # patches
@@ -82,12 +86,14 @@ class ClipBackbone:
     """A CLIP model with the dense and crop forwards FreeCP needs. Build once, call many times."""
 
     def __init__(self, model: open_clip.CLIP, tokenizer, model_name: str, model_key: str,
-                 variant: str = "sclip", protocol: str = "freecp", device: str = "cpu") -> None:
+                 variant: str = "sclip", protocol: str = "freecp", device: str = "cpu",
+                 architecture: str | None = None) -> None:
         if protocol not in LAST_BLOCK_PATHS or variant not in LAST_BLOCK_PATHS[protocol]:
             raise ValueError(f"unknown variant/protocol {variant!r}/{protocol!r}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.architecture = architecture or model_name  # the open_clip config built, e.g. ViT-B-16-quickgelu
         self.model_key = model_key
         self.variant = variant
         self.protocol = protocol
@@ -292,9 +298,13 @@ def _neighbourhood_bias(grid_h: int, grid_w: int, std: float) -> torch.Tensor:
 
 def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai",
                   checkpoint: str | Path | None = None, device: str = "cpu",
-                  variant: str = "sclip", protocol: str = "freecp", seed: int = 0) -> ClipBackbone:
+                  variant: str = "sclip", protocol: str = "freecp", seed: int = 0,
+                  quick_gelu: bool | None = None) -> ClipBackbone:
     """Build the backbone from a pretrained tag, a local checkpoint file, or random weights.
 
+    The activation (QuickGELU or GELU) follows ``quick_gelu`` when given, else the tag's registry
+    entry or, for a file, the rules in ``freecp.clip.activation`` (an ambiguous file is refused);
+    ``ClipBackbone.architecture`` names what was built, and it is part of the model key.
     Random weights are used only when asked for (``pretrained=None`` or ``"none"``) and give
     meaningless segmentations; they exist for tests and plumbing checks.
     """
@@ -304,33 +314,52 @@ def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
-        model = _create(model_name, str(path))
-        key = f"{model_name}/file-{_file_hash(path)}"
+        try:
+            activation = checkpoint_activation(model_name, path, quick_gelu)
+        except AmbiguousActivationError:
+            raise
+        except Exception as err:  # a file torch cannot read raises whatever its unpickler or zip reader raises
+            raise WeightsUnavailableError(f"cannot read checkpoint {path}: {textwrap.shorten(str(err), 160)}") from None
+        model = _create(model_name, str(path), activation.quick_gelu)
+        key = f"{activation.architecture}/file-{_file_hash(path)}"
     elif pretrained in RANDOM_TAGS:
         warnings.warn("CLIP weights are RANDOM (--pretrained none): segmentations are meaningless; "
                       "use this only for tests and plumbing checks", stacklevel=2)
+        quick = config_quick_gelu(model_name) if quick_gelu is None else quick_gelu
+        activation = Activation(quick, architecture_name(model_name, quick), "random weights")
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = open_clip.create_model(model_name, pretrained=None)
-        key = f"{model_name}/random-seed{seed}"
+            model = open_clip.create_model(model_name, pretrained=None, quick_gelu=quick)
+        key = f"{activation.architecture}/random-seed{seed}"
     else:
-        model = _create(model_name, pretrained)
-        key = f"{model_name}/{pretrained}"
+        activation = tag_activation(model_name, pretrained, quick_gelu)
+        model = _create(model_name, pretrained, activation.quick_gelu)
+        # "openai" has always been built with QuickGELU, so its key keeps the plain model name.
+        key = f"{model_name if pretrained == 'openai' else activation.architecture}/{pretrained}"
+    logger.info("CLIP %s built as %s (%s), model key %s", model_name, activation.architecture,
+                activation.reason, key)
     return ClipBackbone(model, open_clip.get_tokenizer(model_name), model_name, key,
-                        variant=variant, protocol=protocol, device=device)
+                        variant=variant, protocol=protocol, device=device, architecture=activation.architecture)
 
 
-def _create(model_name: str, pretrained: str) -> open_clip.CLIP:
+def _create(model_name: str, source: str, quick_gelu: bool) -> open_clip.CLIP:
+    """open_clip's model with the given activation and weights from a tag or a file.
+
+    open_clip cannot read TorchScript archives (OpenAI's .pt files) since torch.load became
+    weights-only, so their tensors are loaded here and put into the model.
+    """
     try:
         with _offline_aware_loading():
-            # OpenAI's weights were trained with QuickGELU; the reference builds them that way too.
-            return open_clip.create_model(model_name, pretrained=pretrained,
-                                          force_quick_gelu=pretrained == "openai")
+            if Path(source).is_file() and is_torchscript_archive(Path(source)):
+                model = open_clip.create_model(model_name, pretrained=None, quick_gelu=quick_gelu)
+                model.load_state_dict(load_state_dict(Path(source)))
+                return model
+            return open_clip.create_model(model_name, pretrained=source, quick_gelu=quick_gelu)
     except Exception as err:  # open_clip wraps download and file errors in RuntimeError or raises OSError
         raise WeightsUnavailableError(
-            f"could not load CLIP weights {model_name}/{pretrained} "
+            f"could not load CLIP weights {model_name}/{source} "
             f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).\nOffline? Download the checkpoint on a machine with "
-            f"internet (for example open_clip.create_model('{model_name}', pretrained='{pretrained}') "
+            f"internet (for example open_clip.create_model('{model_name}', pretrained='{source}') "
             f"fills the Hugging Face cache, or fetch the .bin/.pt file) and pass it with "
             f"--clip-checkpoint FILE; or use --pretrained none for random weights (tests only)."
         ) from None

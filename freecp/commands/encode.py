@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from freecp.commands.options import QUICK_GELU_HELP
 from freecp.stores.fs import StoreError
 from freecp.vocab import load_vocabulary
 
@@ -50,6 +51,8 @@ def encode(
     model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-16",
     pretrained: Annotated[str, typer.Option(help="Pretrained tag; `none` = random weights.")] = "openai",
     clip_checkpoint: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
+    quick_gelu: Annotated[Optional[bool], typer.Option(
+        "--quick-gelu/--no-quick-gelu", help=QUICK_GELU_HELP)] = None,
     descriptions: Annotated[Optional[str], typer.Option(
         help="Description cache URL; its descriptions of the classes are encoded too.")] = None,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
@@ -65,7 +68,8 @@ def encode(
     with _user_errors():
         summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
                                     clip_checkpoint=clip_checkpoint, descriptions=descriptions,
-                                    device=device, progress=progress, batch_size=batch_size)
+                                    device=device, progress=progress, batch_size=batch_size,
+                                    quick_gelu=quick_gelu)
     typer.echo(summary.line())
 
 
