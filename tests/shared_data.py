@@ -4,3 +4,4 @@ from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 VOC_MINI = SHARED / "data" / "voc-mini"
+PARITY = SHARED / "parity"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,9 @@ def is_torchscript_archive(path: Path) -> bool:
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file: a TorchScript archive's, or via open_clip's loader."""
     if is_torchscript_archive(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch deprecates TorchScript; OpenAI's files are in it all the same
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
         return {k: v for k, v in state.items() if k not in TORCHSCRIPT_EXTRA_KEYS}
     return open_clip.factory.load_state_dict(str(path))
 
