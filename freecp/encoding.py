@@ -16,14 +16,17 @@ from freecp.vocab import Vocabulary
 def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
                       pretrained: str | None = "openai", clip_checkpoint: str | None = None,
                       descriptions: str | None = None, device: str = "cpu",
-                      on_progress: ProgressCallback | None = None, batch_size: int = 256) -> EncodeSummary:
+                      on_progress: ProgressCallback | None = None, batch_size: int = 256,
+                      quick_gelu: bool | None = None) -> EncodeSummary:
     """Encode every text ``vocab`` needs that the store lacks; returns counts encoded and reused.
 
     ``descriptions`` is a description cache URL; the vocabulary's cached descriptions are
     encoded too, and each class's average becomes its AP target. ``batch_size`` is texts per
-    forward pass of the text tower.
+    forward pass of the text tower. ``quick_gelu`` picks the activation of a checkpoint
+    (None: detect, see ``freecp.clip.activation``).
     """
     embeddings = EmbeddingStore(store, batch_size=batch_size)
     texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
-    backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device)
+    backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
+                             quick_gelu=quick_gelu)
     return embeddings.ensure(vocab, backbone, texts, on_progress=on_progress)
