@@ -15,7 +15,7 @@ from pathlib import Path
 from freecp.io import IMAGE_SUFFIXES
 from freecp.layout import OUTPUT_DIRS
 
-log = logging.getLogger("freecp.segment")
+log = logging.getLogger(__name__)
 
 
 @dataclass

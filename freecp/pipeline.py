@@ -43,7 +43,7 @@ from freecp.vocab import Vocabulary
 
 INDEX_NAME = "records.parquet"
 ERROR_CHARS = 500  # a failure's reason is kept to this length in its record
-log = logging.getLogger("freecp.segment")
+log = logging.getLogger(__name__)
 
 INDEX_SCHEMA = pa.schema([
     ("path", pa.string()),

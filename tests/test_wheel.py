@@ -102,7 +102,7 @@ def test_installed_freecp_segments_a_shipped_sample(wheel_venv):
     done = _run(venv, [freecp, "segment", str(samples / "cat.jpg"), "--vocab", "voc21", "--out", str(out),
                        "--model", "freecp-tiny", "--pretrained", "none", *SMALL], env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (out / "masks" / "cat.png").is_file() and (out / "records.parquet").is_file()
+    assert (out / "masks" / "cat.jpg.png").is_file() and (out / "records.parquet").is_file()
 
 
 def test_installed_flow_runs_against_a_real_prefect_server(wheel_venv, prefect_env: dict[str, str]):
@@ -115,4 +115,4 @@ def test_installed_flow_runs_against_a_real_prefect_server(wheel_venv, prefect_e
     flow_env = {**env, **{k: v for k, v in prefect_env.items() if k.startswith("PREFECT_")}}
     done = _run(venv, [str(venv / "bin" / "python"), "-c", FLOW, json.dumps(params)], flow_env, timeout=400)
     assert "STATE COMPLETED" in done.stdout, done.stdout + done.stderr
-    assert (images.parent / "flow-out" / "masks" / "cat.png").is_file()
+    assert (images.parent / "flow-out" / "masks" / "cat.jpg.png").is_file()
