@@ -2,15 +2,16 @@
 
 The CLI and the Prefect encode flow both call ``encode_vocabulary``; it opens the store and reads
 the descriptions before loading the CLIP model, so a bad URL fails in a second, not after the load.
+When the store already holds every text, the model is never built and torch never imported: the
+decision needs only the manifest, the stored hashes and the model key (``freecp.clip.keys``).
 """
 
 from __future__ import annotations
 
-from freecp.clip import load_backbone
+from freecp.clip.keys import model_key
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore, EncodeSummary
 from freecp.vocab import Vocabulary
-
 
 def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
                       pretrained: str | None = "openai", clip_checkpoint: str | None = None,
@@ -24,5 +25,11 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
     """
     embeddings = EmbeddingStore(store, batch_size=batch_size)
     texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
+    key = model_key(model, pretrained, clip_checkpoint)
+    summary = embeddings.up_to_date(vocab, key, texts)
+    if summary is not None:
+        return summary
+    from freecp.clip.model import load_backbone
+
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device)
     return embeddings.ensure(vocab, backbone, texts, progress=progress)

@@ -12,7 +12,6 @@ file, or explicitly requested random weights. The returned ``ClipBackbone`` runs
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import socket
@@ -29,9 +28,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from freecp.clip.errors import WeightsUnavailableError
+from freecp.clip.keys import RANDOM_TAGS, model_key
+
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
-RANDOM_TAGS = (None, "", "none", "random")
 NACLIP_GAUSSIAN_STD = 5.0  # patches
 
 # (residual, ffn) of the last block's modified path, per protocol and variant (ALGORITHM.md s.2).
@@ -51,10 +52,6 @@ LAST_BLOCK_PATHS: dict[str, dict[str, tuple[bool, bool]]] = {
         "vanilla": (True, True),
     },
 }
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (typically: no network and no local file)."""
 
 
 @dataclass
@@ -238,21 +235,18 @@ def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model {model_name!r}; see open_clip.list_models()")
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
-        model = _create(model_name, str(path))
-        key = f"{model_name}/file-{_file_hash(path)}"
+        key = model_key(model_name, checkpoint=checkpoint)  # refuses a missing file
+        model = _create(model_name, str(Path(checkpoint).expanduser()))
     elif pretrained in RANDOM_TAGS:
         warnings.warn("CLIP weights are RANDOM (--pretrained none): segmentations are meaningless; "
                       "use this only for tests and plumbing checks", stacklevel=2)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = open_clip.create_model(model_name, pretrained=None)
-        key = f"{model_name}/random-seed{seed}"
+        key = model_key(model_name, pretrained, seed=seed)
     else:
         model = _create(model_name, pretrained)
-        key = f"{model_name}/{pretrained}"
+        key = model_key(model_name, pretrained)
     return ClipBackbone(model, open_clip.get_tokenizer(model_name), model_name, key,
                         variant=variant, protocol=protocol, device=device)
 
@@ -294,11 +288,3 @@ def _offline_aware_loading() -> Iterator[None]:
     finally:
         logging.disable(logging.NOTSET)
         hub.HF_HUB_OFFLINE = previous
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
