@@ -4,15 +4,19 @@ One call runs the whole method on one image (ALGORITHM.md sections 2-6):
 resize and normalise -> sliding windows -> one batched dense forward (attention captured) ->
 CAM -> refinement -> redundancy purification -> ambiguity purification (crops of all groups in
 one batch) -> composition of the surviving maps -> label map at the original size.
+``segment_batch`` runs the same stages for several images at once, with the windows of all of
+them sharing backbone calls and their AP crops sharing one crop-encoder call.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ CLIP_MEAN = torch.tensor([122.771, 116.746, 104.094]).view(3, 1, 1)
 CLIP_STD = torch.tensor([68.501, 66.632, 70.323]).view(3, 1, 1)
 MAX_LONG_SIDE = 2048
 COMPOSE_CHUNK = 32  # classes composed at full resolution at a time (bounds memory for big vocabularies)
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # --precision fp32 runs without autocast
 
 
 @dataclass
@@ -76,6 +81,27 @@ class _Windows:
         return [(y, x) for y in self.rows for x in self.cols]
 
 
+@dataclass
+class PreparedImage:
+    """An image resized, normalised and cut into windows (``Segmenter.prepare``): all the input
+    work, which a loader thread can do while the model runs on the previous image."""
+
+    size: tuple[int, int]             # the original image's (height, width)
+    windows: _Windows
+    seconds: float                    # time the preparation took
+
+
+@dataclass
+class _ModelCall:
+    """What one image's stages need from the model next: ``kind`` is "dense" (windows) or
+    "crops"; the time of the shared call is booked to ``stage`` of ``timer``, pro rata."""
+
+    kind: str
+    pixels: torch.Tensor              # [n, 3, h, w]
+    timer: "_StageTimer"
+    stage: str
+
+
 class Segmenter:
     """Dense CLIP segmentation with FreeCP purification. Build once; segment many images."""
 
@@ -100,23 +126,56 @@ class Segmenter:
             self.ap_targets = "descriptions"
 
     # ------------------------------------------------------------------ public
-    def segment(self, image: np.ndarray) -> Segmentation:
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """Resize, normalise and cut an HxWx3 uint8 RGB image into windows (no model involved)."""
+        start = time.perf_counter()
+        windows = self._windows(self._preprocess(image))
+        return PreparedImage(tuple(image.shape[:2]), windows, time.perf_counter() - start)
+
+    def segment(self, image: np.ndarray | PreparedImage) -> Segmentation:
         """Label an HxWx3 uint8 RGB image; the label map has the image's own size."""
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray | PreparedImage]) -> list[Segmentation]:
+        """Segment several images at once; each result equals ``segment`` of that image alone.
+
+        Every image runs ``_stages``, which pauses where it needs the model; the pending requests
+        of all images are served together: all windows (grouped by shape) in calls of
+        ``window_batch``, all AP crops in one call. The backbone's numbers for a window or a crop
+        do not depend on what it shares a call with (``ClipBackbone.encode_crops``), so batching
+        changes nothing but speed.
+        """
+        runs = [self._stages(image) for image in images]
+        results: list[Segmentation | None] = [None] * len(runs)
+        calls: list[_ModelCall | None] = [None] * len(runs)
+        answers: list[Any] = [None] * len(runs)
+        pending = list(range(len(runs)))
+        while pending:
+            for i in pending:
+                try:
+                    calls[i] = runs[i].send(answers[i])
+                except StopIteration as finished:
+                    calls[i], results[i] = None, finished.value
+            pending = [i for i in pending if calls[i] is not None]
+            answers = self._serve(calls)
+        return results
+
+    # ------------------------------------------------------------------ stages
+    def _stages(self, image: np.ndarray | PreparedImage) -> Generator[_ModelCall, Any, Segmentation]:
+        """One image through the method; ``yield`` hands a model call to ``segment_batch``."""
         timer = _StageTimer()
         s = self.settings
-        with timer("input"):
-            windows = self._windows(self._preprocess(image))
-        with timer("backbone"):
-            outputs = [self.backbone.dense_forward(chunk) for chunk in windows.pixels.split(s.window_batch)]
-            features = torch.cat([o.features for o in outputs])
-            attention = torch.cat([o.attention for o in outputs])
+        prepared = image if isinstance(image, PreparedImage) else self.prepare(image)
+        timer.seconds["input"] += prepared.seconds
+        windows, original = prepared.windows, prepared.size
+        features, attention = yield _ModelCall("dense", windows.pixels, timer, "backbone")
         with timer("cam"):
             probs = query_softmax(features, self.embeddings.queries, self.backbone.logit_scale)
             cams = class_maps(probs, self.embeddings.query_class, len(self.vocab))
         if not s.purify:
             with timer("compose"):
                 labels, scores = self._compose(cams, torch.arange(len(self.vocab)), windows,
-                                               image.shape[:2], background_from_max=False)
+                                               original, background_from_max=False)
             return Segmentation(labels, scores, None, dict(timer.seconds))
 
         fg_cams = cams[:, self.foreground]
@@ -131,15 +190,71 @@ class Segmenter:
         if s.ambiguity and len(classes) > 1:
             with timer("ap"):
                 if s.scope == "window":
-                    maps, groups = self._ambiguity_per_window(maps, classes, windows)
+                    groups, crops = self._ambiguity_per_window(maps, classes, windows)
                 else:
-                    maps, groups = self._ambiguity_per_image(maps, classes, windows)
+                    groups, crops = self._ambiguity_per_image(maps, classes, windows)
+            embedded = (yield _ModelCall("crops", torch.stack(crops), timer, "ap")) if crops \
+                else self.crop_targets[:0]
+            with timer("ap"):
+                maps = self._settle(maps, classes, groups, embedded)
         with timer("compose"):
-            labels, scores = self._compose(maps, classes, windows, image.shape[:2],
+            labels, scores = self._compose(maps, classes, windows, original,
                                            background_from_max=self.vocab.has_background)
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
-        report = self._report(rp_scores, survivors, alive, groups, windows, image.shape[:2])
+        report = self._report(rp_scores, survivors, alive, groups, windows, original)
         return Segmentation(labels, scores, report, dict(timer.seconds))
+
+    # ------------------------------------------------------------------ model
+    def _serve(self, calls: list[_ModelCall | None]) -> list[Any]:
+        """Answer every pending call, one shared batch per kind; each call's share of the time
+        (by its number of windows or crops) goes to its image's timer."""
+        answers: list[Any] = [None] * len(calls)
+        kinds: dict[str, Callable[[list[torch.Tensor]], list[Any]]] = {
+            "dense": self._dense_forward, "crops": self._encode_crops}
+        for kind, serve in kinds.items():
+            asking = [i for i, call in enumerate(calls) if call is not None and call.kind == kind]
+            if not asking:
+                continue
+            start = time.perf_counter()
+            with self._autocast():
+                served = serve([self._to_host(calls[i].pixels) for i in asking])
+            seconds = time.perf_counter() - start
+            total = sum(len(calls[i].pixels) for i in asking)
+            for i, answer in zip(asking, served):
+                answers[i] = answer
+                calls[i].timer.seconds[calls[i].stage] += seconds * len(calls[i].pixels) / total
+        return answers
+
+    def _dense_forward(self, pixel_sets: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(features, attention) per image; windows of one shape share calls of ``window_batch``."""
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, pixels in enumerate(pixel_sets):
+            by_shape[tuple(pixels.shape[1:])].append(i)
+        out: list[Any] = [None] * len(pixel_sets)
+        for members in by_shape.values():
+            windows = torch.cat([pixel_sets[i] for i in members])
+            outputs = [self.backbone.dense_forward(chunk) for chunk in windows.split(self.settings.window_batch)]
+            counts = [len(pixel_sets[i]) for i in members]
+            features = torch.cat([o.features for o in outputs]).split(counts)
+            attention = torch.cat([o.attention for o in outputs]).split(counts)
+            for i, f, a in zip(members, features, attention):
+                out[i] = (f, a)
+        return out
+
+    def _encode_crops(self, crop_sets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """AP crops of every image in one crop-encoder call; embeddings per image."""
+        return list(self.backbone.encode_crops(torch.cat(crop_sets)).split([len(c) for c in crop_sets]))
+
+    def _autocast(self):
+        """Half-precision autocast for the model calls when ``precision`` asks for it (fp32: none)."""
+        dtype = AUTOCAST_DTYPES.get(self.settings.precision)
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(_device_type(self.backbone), dtype=dtype)
+
+    def _to_host(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pinned host memory for the copy to a CUDA device; unchanged elsewhere."""
+        return pixels.pin_memory() if _device_type(self.backbone) == "cuda" else pixels
 
     # ------------------------------------------------------------------ input
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -173,18 +288,18 @@ class Segmenter:
         return scores, keep
 
     def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor,
-                              windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
-        """Plan groups in every window, classify all their crops in one batch, zero the losers."""
+                              windows: _Windows) -> tuple[list[AmbiguityGroup], list[torch.Tensor]]:
+        """Plan groups in every window and cut their crops (classified together by ``_settle``)."""
         s = self.settings
         groups = []
         for b in range(len(maps)):
             alive = torch.nonzero(maps[b].flatten(1).amax(dim=1) > 0).flatten().tolist()
             groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b)
         crops = [self._crop(windows.pixels[g.scope], box) for g in groups for box in g.crop_boxes]
-        return self._settle(maps, classes, groups, crops), groups
+        return groups, crops
 
     def _ambiguity_per_image(self, maps: torch.Tensor, classes: torch.Tensor,
-                             windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
+                             windows: _Windows) -> tuple[list[AmbiguityGroup], list[torch.Tensor]]:
         """Image-scope AP: one set of groups from the composed maps at patch resolution."""
         s = self.settings
         p = self.backbone.patch_size
@@ -192,11 +307,11 @@ class Segmenter:
         image_maps = self._canvas(maps, windows, (height // p, width // p))
         groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold)
         crops = [self._crop(windows.image, box) for g in groups for box in g.crop_boxes]
-        return self._settle(maps, classes, groups, crops), groups
+        return groups, crops
 
     def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
-                crops: list[torch.Tensor]) -> torch.Tensor:
-        """Re-classify all crops in one batch; zero each group's losers in its window (or all).
+                embedded: torch.Tensor) -> torch.Tensor:
+        """Re-classify the crops from their embeddings; zero each group's losers in its window (or all).
 
         Group members arrive as indices into ``classes`` and leave as vocabulary indices.
         """
@@ -204,7 +319,6 @@ class Segmenter:
             return maps
         for g in groups:
             g.members = [int(classes[m]) for m in g.members]
-        embedded = self.backbone.encode_crops(torch.stack(crops)) if crops else self.crop_targets[:0]
         resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale)
         column = {int(c): i for i, c in enumerate(classes)}
         maps = maps.clone()
@@ -318,6 +432,12 @@ def _linear_resize_matrix(source: int, target: int) -> torch.Tensor:
     bilinear 2-D resizing is this applied along each axis."""
     eye = torch.eye(source)[None]                             # channels = source positions
     return F.interpolate(eye, size=target, mode="linear", align_corners=False)[0].T
+
+
+def _device_type(backbone) -> str:
+    """The backbone's torch device type; stand-ins without a device count as the CPU."""
+    device = getattr(backbone, "device", None)
+    return torch.device(device).type if device is not None else "cpu"
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:

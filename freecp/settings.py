@@ -17,9 +17,13 @@ Variant = Literal["maskclip", "sclip", "clearclip", "naclip", "vanilla"]
 Protocol = Literal["freecp", "original"]
 ScFormula = Literal["half-dice", "soft-iou"]
 PurifyScope = Literal["window", "image"]
+Precision = Literal["fp32", "fp16", "bf16"]
 
 VARIANTS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "vanilla")
 PROTOCOLS: tuple[str, ...] = ("freecp", "original")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+# How a run is carried out, not what it computes: left out of the settings hash.
+RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "max_pixels")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class SegmentSettings:
     box_threshold: float = 0.4     # boxes from maps thresholded at this fraction of the max
     crop_size: int = 112           # AP crops are resized to this square
     window_batch: int = 16         # windows per backbone call
+    batch_images: int = 1          # images whose windows and crops share model calls (same outputs)
+    prefetch: int = 2              # images read and prepared ahead of the model (0: in turn)
+    precision: Precision = "fp32"  # model calls in fp32, or autocast to fp16 / bf16 (not exact)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
 
     def __post_init__(self) -> None:
@@ -54,6 +61,10 @@ class SegmentSettings:
             raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.batch_images < 1 or self.window_batch < 1 or self.prefetch < 0:
+            raise ValueError("batch_images and window_batch must be at least 1, prefetch at least 0")
 
     def replace(self, **changes: Any) -> "SegmentSettings":
         """A copy with some fields changed; ``None`` values are ignored (unset CLI options)."""
@@ -63,8 +74,8 @@ class SegmentSettings:
         return dataclasses.asdict(self)
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that change outputs (batching and the pixel guard do not)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("window_batch", "max_pixels")}
+        """The fields that change outputs (batching, prefetching and the pixel guard do not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     @property
     def content_hash(self) -> str:

@@ -138,8 +138,11 @@ class ClipBackbone:
         """Crops [B, 3, S, S] (CLIP-normalised) to L2-normalised CLS embeddings [B, D] (plain path)."""
         x, _ = self._trunk(crops.to(self.device), record_attention=False)
         x = self.model.visual.transformer.resblocks[-1](x)
-        cls = self.model.visual.ln_post(x[:, 0]) @ self.model.visual.proj
-        return F.normalize(cls.float(), dim=-1).cpu()
+        cls = self.model.visual.ln_post(x[:, 0])
+        # One [1, width] @ proj per crop: a plain matmul over a few rows picks its CPU kernel by the
+        # row count, so a crop's embedding would depend on how many crops share the call.
+        projected = torch.bmm(cls[:, None], self.model.visual.proj.expand(len(cls), -1, -1))[:, 0]
+        return F.normalize(projected.float(), dim=-1).cpu()
 
     def _trunk(self, images: torch.Tensor, record_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch embedding and blocks 1..L-1; optionally the mean head-averaged attention."""
