@@ -21,7 +21,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.report import count_statuses, publish_segment_report
 from flows.retry import transient_failure
-from flows.segmenters import SegmenterSpec, segmenter_for
+from flows.segmenters import SegmenterSpec, segmenter_for, thread_policy
 from flows.vocabulary import VocabSource, load_vocabulary_task
 from freecp import pipeline
 from freecp.commands.segment import DEFAULT_STORE
@@ -51,6 +51,7 @@ def task_runner_for(dask_address: str | None, threads: int) -> TaskRunner:
 def prepare_segmenter(spec: SegmenterSpec, encode: bool) -> None:
     """Build the segmenter once before fanning out: bad settings or a bad store fail here, and
     texts the store lacks are encoded by this one process, not by every worker."""
+    get_run_logger().info("thread policy: %s", thread_policy(spec).line())
     segmenter_for(spec, encode_missing=encode)
 
 
@@ -110,6 +111,7 @@ def segment_images(
     window: int | None = None,
     stride: int | None = None,
     window_batch: int | None = None,
+    precision: str | None = None,
     max_pixels: int | None = None,
     no_encode: bool = False,
     device: str = "cpu",
@@ -119,7 +121,8 @@ def segment_images(
     """Segment the images under ``images`` that have no up-to-date outputs in ``out``.
 
     Parameters are those of ``freecp segment``; settings left as None take the vocabulary's
-    preset. ``threads`` sizes the thread pool; ``dask_address`` (``tcp://host:8786``) sends the
+    preset. ``threads`` sizes the thread pool (torch threads are split between its segmenters,
+    ``freecp.threads``); ``dask_address`` (``tcp://host:8786``) sends the
     per-image work to that Dask cluster instead. The run ends Failed, naming the images, if any
     image failed; the others are still segmented and indexed.
     """
@@ -128,7 +131,7 @@ def segment_images(
         vocabulary.name, variant=backbone, protocol=protocol, purify=purify, redundancy=redundancy,
         ambiguity=ambiguity, scope=scope, rp_threshold=rp_threshold, ap_threshold=ap_threshold,
         sc_formula=sc_formula, short_side=short_side, window=window, stride=stride,
-        window_batch=window_batch, max_pixels=max_pixels,
+        window_batch=window_batch, precision=precision, max_pixels=max_pixels,
     )
     logger = get_run_logger()
     logger.info("settings %s (hash %s)", settings.to_dict(), settings.content_hash)
@@ -136,7 +139,7 @@ def segment_images(
         logger.warning("random CLIP weights: the masks are meaningless (tests and plumbing checks only)")
     spec = SegmenterSpec(vocab=vocabulary, model=model, pretrained=pretrained,
                          clip_checkpoint=_absolute(clip_checkpoint), store=_absolute(store),
-                         device=device, settings=settings)
+                         device=device, settings=settings, threads=1 if dask_address else threads)
     images_root, out_dir = _absolute(images), _absolute(out)
     prepare_segmenter(spec, encode=not no_encode)
     batch = segment_batch.with_options(task_runner=task_runner_for(dask_address, threads))

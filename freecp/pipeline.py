@@ -36,7 +36,7 @@ from freecp.prefetch import WriteBehind, read_ahead
 from freecp.segmenter import PreparedImage, Segmentation, Segmenter
 from freecp.settings import SegmentSettings
 from freecp.stores.fs import atomic_write
-from freecp.threads import ThreadPolicy
+from freecp.threads import ThreadPolicy, current_policy
 from freecp.vocab import Vocabulary
 
 RECORDS_DIR = ".records"
@@ -94,7 +94,7 @@ class RunSummary:
     records: list[ImageRecord]
     index: Path | None
     seconds: float
-    threads: ThreadPolicy | None = None  # the thread split the run used, when the caller set one
+    threads: ThreadPolicy | None = None  # the thread split in force, when one was applied
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records)
@@ -241,12 +241,12 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
 
 
 def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True,
-                   files: Sequence[Path] | None = None, threads: ThreadPolicy | None = None) -> RunSummary:
+                   files: Sequence[Path] | None = None) -> RunSummary:
     """Segment every image under ``images_root`` (or only ``files``, paths below it, such as a
     benchmark's split) into ``out_dir``, skipping up-to-date ones.
 
     The settings' ``prefetch`` batches are read ahead and ``batch_images`` images share model
-    calls; ``threads`` (the policy the caller applied) is reported in the summary.
+    calls; the summary reports the thread policy in force (``freecp.threads``).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -279,7 +279,7 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
                 futures[-1].add_done_callback(advance)
     records = [future.result() for future in futures]
     return RunSummary(records=records, index=write_index(out_dir), seconds=time.perf_counter() - start,
-                      threads=threads)
+                      threads=current_policy())
 
 
 def _batches(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:

@@ -59,3 +59,8 @@ def apply_thread_policy(segmenters: int = 1, cores: int | None = None) -> Thread
             log.info("thread policy: %s", policy.line())
             _applied = policy
     return policy
+
+
+def current_policy() -> ThreadPolicy | None:
+    """The policy this process last applied, if any (what run summaries report)."""
+    return _applied

@@ -62,6 +62,8 @@ def print_summary(summary, out: Path) -> None:
                       + ", ".join(f"{c} ({n})" for c, n in summary.top_removed(8)))
     for record in summary.failed:
         console.print(f"[red]failed[/] {record.path}: {record.error}")
+    if summary.threads is not None:
+        console.print(f"threads: {summary.threads.line()}")
     console.print(f"records: {summary.index}")
 
 
