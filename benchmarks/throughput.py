@@ -27,13 +27,12 @@ crops are encoded, as on real images.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,6 +48,7 @@ from freecp.segmenter import Segmenter  # noqa: E402
 from freecp.settings import settings_for  # noqa: E402
 from freecp.threads import apply_thread_policy  # noqa: E402
 from freecp.vocab import load_vocabulary  # noqa: E402
+from tests.run_outputs import run_outputs  # noqa: E402
 
 IMAGE_SIZE = (375, 500)  # height, width: a VOC-sized photo
 
@@ -138,19 +138,6 @@ def backbone_only(segmenter: Segmenter, folder: Path, into: Backbone) -> None:
         into.images += 1
 
 
-def outputs(out: Path) -> dict[str, bytes]:
-    """Every output file's bytes, records without their timing field."""
-    files = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "records.parquet"):
-        data = path.read_bytes()
-        if path.suffix == ".json":
-            record = json.loads(data)
-            record.pop("seconds")
-            data = json.dumps(record, sort_keys=True).encode()
-        files[path.relative_to(out).as_posix()] = data
-    return files
-
-
 def main() -> int:
     args = parse_args()
     policy = apply_thread_policy(segmenters=1)
@@ -189,8 +176,8 @@ def main() -> int:
             print(f"round {number}/{len(folders)}: " + ", ".join(
                 f"{m.name} {m.images / m.seconds:.3f} img/s" for m in modes)
                 + f", backbone only {plain.images / plain.seconds:.3f} img/s", flush=True)
-        reference = outputs(root / "out" / modes[0].name)
-        identical = all(outputs(root / "out" / m.name) == reference for m in modes[1:])
+        reference = run_outputs(root / "out" / modes[0].name)
+        identical = all(run_outputs(root / "out" / m.name) == reference for m in modes[1:])
 
     per_image_backbone = plain.seconds / plain.images
     print(f"\nbackbone only: {per_image_backbone:.3f} s/image ({plain.windows / plain.images:.0f} windows each)")

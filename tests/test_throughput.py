@@ -6,7 +6,6 @@ The model is the tiny real architecture with random weights (``tests.fixtures_cl
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from freecp.segmenter import Segmenter
 from freecp.settings import settings_for
 from freecp.threads import apply_thread_policy, plan_threads
 from freecp.vocab import load_vocabulary
-from tests.fixtures_clip import one_torch_thread
+from tests.run_outputs import run_outputs
 
 VOC21 = load_vocabulary("voc21")
 # Small windows, and a window batch that makes windows of different images share calls.
@@ -91,19 +90,6 @@ def _write_folder(root: Path) -> None:
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
 
 
-def _outputs(out: Path) -> dict[str, bytes]:
-    """Every output file's bytes; records without their timing field."""
-    files = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "records.parquet"):
-        data = path.read_bytes()
-        if path.suffix == ".json":
-            record = json.loads(data)
-            record.pop("seconds")
-            data = json.dumps(record, sort_keys=True).encode()
-        files[path.relative_to(out).as_posix()] = data
-    return files
-
-
 def test_read_ahead_and_batching_write_the_same_files(tiny_backbone, tiny_voc21_embeddings, tmp_path):
     folder = tmp_path / "images"
     _write_folder(folder)
@@ -113,7 +99,7 @@ def test_read_ahead_and_batching_write_the_same_files(tiny_backbone, tiny_voc21_
         segmenter = Segmenter(tiny_backbone, VOC21, tiny_voc21_embeddings, settings)
         summary = segment_folder(segmenter, folder, tmp_path / name, progress=False)
         assert [r.status for r in summary.records] == ["failed", "done", "done", "done", "done"]
-        runs[name] = _outputs(tmp_path / name)
+        runs[name] = run_outputs(tmp_path / name)
     assert len(runs["in turn"]) == 2 * 4 + 5  # masks and overlays of 4 images, 5 records
     assert runs["read ahead"] == runs["in turn"]
     assert runs["batched"] == runs["in turn"]
