@@ -7,8 +7,8 @@ Dask runner) builds the segmenter for a spec once. This module must be imported 
 (``flows.segmenters``) so that the cache is shared by every task a process runs.
 
 The first build in a process also sets its thread policy (``freecp.threads``): as many
-segmenters run at once as the thread pool or the Dask worker has threads, and together they
-never ask torch for more threads than the cores. On a multi-GPU host, ``device="cuda"`` gives
+segmenters run at once as the thread pool has threads, or as all Dask workers on the host have,
+and together they never ask torch for more threads than the cores. On a multi-GPU host, ``device="cuda"`` gives
 each Dask worker its own GPU, so every GPU holds one model.
 """
 
@@ -19,6 +19,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from freecp import pipeline
 from freecp.segmenter import Segmenter
@@ -80,9 +81,10 @@ def segmenter_for(spec: SegmenterSpec, *, encode_missing: bool = False) -> Segme
 
 
 def thread_policy(spec: SegmenterSpec) -> ThreadPolicy:
-    """Apply this process's thread policy: a Dask worker runs as many segmenters as it has threads."""
-    _, worker_threads = _dask_worker()
-    return apply_thread_policy(segmenters=worker_threads or spec.threads)
+    """Apply this process's thread policy. In a Dask worker the concurrent segmenters are the
+    threads of every worker on this host (several worker processes share its cores)."""
+    _, host_threads = _dask_worker()
+    return apply_thread_policy(segmenters=host_threads or spec.threads)
 
 
 def device_for_worker(device: str, worker: str | None, gpus: int) -> str:
@@ -99,14 +101,17 @@ def device_for_worker(device: str, worker: str | None, gpus: int) -> str:
 
 
 def _dask_worker() -> tuple[str | None, int | None]:
-    """This Dask worker's name and thread count, or (None, None) outside a worker."""
+    """This Dask worker's name and the threads of all workers on its host, or (None, None)."""
     try:
-        from distributed import get_worker
+        from distributed import get_client, get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
         return None, None
-    return str(worker.name), int(worker.nthreads)
+    host = urlparse(worker.address).hostname
+    workers = get_client().scheduler_info()["workers"].values()
+    host_threads = sum(int(w["nthreads"]) for w in workers if w.get("host") == host)
+    return str(worker.name), max(host_threads, int(worker.state.nthreads))
 
 
 def _cuda_devices(device: str) -> int:
