@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,7 +216,7 @@ class Segmenter:
             if not asking:
                 continue
             start = time.perf_counter()
-            with self._autocast():
+            with self.model_precision():
                 served = serve([self._to_host(calls[i].pixels) for i in asking])
             seconds = time.perf_counter() - start
             total = sum(len(calls[i].pixels) for i in asking)
@@ -245,8 +245,9 @@ class Segmenter:
         """AP crops of every image in one crop-encoder call; embeddings per image."""
         return list(self.backbone.encode_crops(torch.cat(crop_sets)).split([len(c) for c in crop_sets]))
 
-    def _autocast(self):
-        """Half-precision autocast for the model calls when ``precision`` asks for it (fp32: none)."""
+    def model_precision(self) -> AbstractContextManager:
+        """The context model calls run in: half-precision autocast when ``precision`` asks for it
+        (fp32: none)."""
         dtype = AUTOCAST_DTYPES.get(self.settings.precision)
         if dtype is None:
             return nullcontext()
