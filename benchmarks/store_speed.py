@@ -64,8 +64,8 @@ def reuse_ratio(backbone, url: str, classes: int) -> None:
     descriptions = {n: [f"{n} seen from above", f"{n} on a table"] for n in names}
     vocab = load_vocabulary(names)
     store = EmbeddingStore(url)
-    first, summary = timed(lambda: store.ensure(vocab, backbone, descriptions, progress=False))
-    again, rerun = timed(lambda: EmbeddingStore(url).ensure(vocab, backbone, descriptions, progress=False))
+    first, summary = timed(lambda: store.ensure(vocab, backbone, descriptions))
+    again, rerun = timed(lambda: EmbeddingStore(url).ensure(vocab, backbone, descriptions))
     print(f"\n2. reuse, {classes} classes: {summary.classes_encoded} class names (80 prompts each) "
           f"and {summary.descriptions_encoded} descriptions")
     print(f"   first run {first:.2f} s, re-run {again:.3f} s (encoded {rerun.encoded}), "
@@ -82,12 +82,12 @@ def read_times(url: str, sizes: list[int], per_class: int, dim: int, repeats: in
     step = -(-largest // parts)  # like several teams' vocabularies arriving one after another
     for first in range(0, largest, step):
         part = names[first:first + step]
-        store.ensure(load_vocabulary(part), backbone, {n: descriptions[n] for n in part}, progress=False)
+        store.ensure(load_vocabulary(part), backbone, {n: descriptions[n] for n in part})
     seconds = time.perf_counter() - start
     vocabularies = {}
     for size in sizes:
         vocabularies[size] = load_vocabulary(names[:size])
-        store.ensure(vocabularies[size], backbone, {n: descriptions[n] for n in names[:size]}, progress=False)
+        store.ensure(vocabularies[size], backbone, {n: descriptions[n] for n in names[:size]})
     print(f"\n3. read one vocabulary's matrices, dim {dim}, {per_class} descriptions per class; the store "
           f"holds {largest} classes, {largest * per_class} descriptions (filled in {seconds:.1f} s)")
     for label in ("as written", "after compact"):

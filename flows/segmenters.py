@@ -4,7 +4,7 @@ Loading the CLIP model and reading the embedding store costs seconds; segmenting
 costs less. Tasks therefore carry a small, hashable ``SegmenterSpec`` instead of a model, and
 each process (the flow's own process for the thread runner, every Dask worker process for the
 Dask runner) builds the segmenter for a spec once. This module must be imported by name
-(``flows.segmenters``) so that the cache is shared by every task a process runs.
+(``freecp.flows.segmenters``) so that the cache is shared by every task a process runs.
 
 The first build in a process also sets its thread policy (``freecp.threads``): as many
 segmenters run at once as the thread pool has threads, or as all Dask workers on the host have,

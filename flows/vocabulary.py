@@ -16,17 +16,17 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from flows.report import publish_summary
-from flows.retry import transient_failure
+from freecp.flows.hints import prefect_wording
+from freecp.flows.logs import LIBRARY_LOG_HOOKS
+from freecp.flows.report import publish_summary
+from freecp.flows.retry import transient_failure
 from freecp import encoding
-from freecp.commands.segment import DEFAULT_STORE
+from freecp.defaults import DEFAULT_CACHE, DEFAULT_MAX_TOKENS, DEFAULT_STORE, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL
 from freecp.describe import run as describe_run
-from freecp.describe.serve import DEFAULT_VLLM_MODEL
 from freecp.stores.embeddings import EncodeSummary
 from freecp.vocab import Vocabulary, load_vocabulary
 
 VocabSource = str | list[str]
-DEFAULT_CACHE = "cache"  # the description cache root `freecp describe` uses by default
 
 
 @task(name="load-vocabulary", cache_policy=NO_CACHE, persist_result=False)
@@ -57,15 +57,16 @@ def describe_task(vocabulary: Vocabulary, llm_url: str | None, llm_model: str, c
       cache_policy=NO_CACHE, persist_result=False)
 def encode_task(vocabulary: Vocabulary, store: str, model: str, pretrained: str, clip_checkpoint: str | None,
                 descriptions: str | None, device: str) -> EncodeSummary:
-    summary = encoding.encode_vocabulary(
-        vocabulary, store=store, model=model, pretrained=pretrained, clip_checkpoint=clip_checkpoint,
-        descriptions=descriptions, device=device, progress=False,
-    )
+    with prefect_wording():
+        summary = encoding.encode_vocabulary(
+            vocabulary, store=store, model=model, pretrained=pretrained, clip_checkpoint=clip_checkpoint,
+            descriptions=descriptions, device=device,
+        )
     get_run_logger().info(summary.line())
     return summary
 
 
-@flow(name="describe-vocabulary")
+@flow(name="describe-vocabulary", **LIBRARY_LOG_HOOKS)
 def describe_vocabulary(
     vocab: VocabSource,
     llm_url: str | None = None,
@@ -73,8 +74,8 @@ def describe_vocabulary(
     cache: str = DEFAULT_CACHE,
     per_class: int = 20,
     concurrency: int = 8,
-    temperature: float = describe_run.DEFAULT_TEMPERATURE,
-    max_tokens: int = describe_run.DEFAULT_MAX_TOKENS,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     max_requests: int | None = None,
 ) -> State:
     """Ask the LLM for visual descriptions of every class the description cache lacks.
@@ -85,7 +86,7 @@ def describe_vocabulary(
     vocabulary = load_vocabulary_task(vocab)
     summary = describe_task(vocabulary, llm_url, llm_model, cache, per_class, concurrency, temperature, max_tokens,
                             max_requests)
-    publish_summary("describe-vocabulary-summary", f"describe-vocabulary: {vocabulary.name}", summary)
+    publish_describe_summary(summary)
     message = (f"{summary.classes_done}/{summary.classes_total} classes, {summary.requests_sent} requests, "
                f"{summary.cache_hits} cache hits, {len(summary.short)} short")
     if summary.failed:
@@ -94,7 +95,7 @@ def describe_vocabulary(
     return Completed(message=message, data=summary)
 
 
-@flow(name="encode-vocabulary")
+@flow(name="encode-vocabulary", **LIBRARY_LOG_HOOKS)
 def encode_vocabulary(
     vocab: VocabSource,
     store: str = DEFAULT_STORE,
@@ -107,11 +108,19 @@ def encode_vocabulary(
     """Encode the class names (and the cached descriptions) the embedding store lacks."""
     vocabulary = load_vocabulary_task(vocab)
     summary = encode_task(vocabulary, store, model, pretrained, clip_checkpoint, descriptions, device)
-    publish_summary("encode-vocabulary-summary", f"encode-vocabulary: {vocabulary.name}", summary)
+    publish_encode_summary(summary)
     return summary
 
 
-@flow(name="build-vocabulary")
+def publish_describe_summary(summary: describe_run.DescribeSummary) -> None:
+    publish_summary("describe-vocabulary-summary", f"describe-vocabulary: {summary.vocabulary}", summary)
+
+
+def publish_encode_summary(summary: EncodeSummary) -> None:
+    publish_summary("encode-vocabulary-summary", f"encode-vocabulary: {summary.vocabulary}", summary)
+
+
+@flow(name="build-vocabulary", **LIBRARY_LOG_HOOKS)
 def build_vocabulary(
     vocab: VocabSource,
     llm_url: str | None = None,
@@ -123,19 +132,22 @@ def build_vocabulary(
     clip_checkpoint: str | None = None,
     per_class: int = 20,
     concurrency: int = 8,
-    temperature: float = describe_run.DEFAULT_TEMPERATURE,
-    max_tokens: int = describe_run.DEFAULT_MAX_TOKENS,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     max_requests: int | None = None,
     device: str = "cpu",
 ) -> State:
     """A new vocabulary end to end: describe its classes, then encode names and descriptions.
 
     Encoding waits for a complete describe step: if it fails, the run ends with its state and a
-    re-run (which finds every saved answer in the cache) finishes the job.
+    re-run (which finds every saved answer in the cache) finishes the job. The run carries the
+    summary artifacts of both steps (each subflow run has its own too).
     """
     described = describe_vocabulary(vocab, llm_url, llm_model, cache, per_class, concurrency, temperature,
                                     max_tokens, max_requests, return_state=True)
     if not described.is_completed():
         return described
     encoded = encode_vocabulary(vocab, store, model, pretrained, clip_checkpoint, cache, device)
+    publish_describe_summary(described.result())
+    publish_encode_summary(encoded)
     return Completed(message=f"describe: {described.message}; encode: {encoded.line()}")

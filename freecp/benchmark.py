@@ -35,7 +35,7 @@ from freecp.published import (
 )
 from freecp.segmenter import Segmenter
 from freecp.settings import settings_for
-from freecp.stores.fs import atomic_write
+from freecp.files import atomic_write
 from freecp.weights import Weights
 
 REPORT_JSON = "benchmark.json"

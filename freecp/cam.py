@@ -18,9 +18,14 @@ def class_maps(probs: torch.Tensor, query_class: torch.Tensor, num_classes: int)
     return out.permute(0, 3, 1, 2)
 
 
-def global_minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each window's whole [K, h, w] tensor with ONE min and max (reference)."""
-    flat = maps.flatten(1)
+def global_minmax(maps: torch.Tensor, bounds_from: torch.Tensor | None = None) -> torch.Tensor:
+    """Min-max normalise each window's whole [K, h, w] tensor with ONE min and max (reference).
+
+    The min and max are taken per window over ``bounds_from`` ([B, ...], default ``maps``): the
+    reference takes them over the softmax maps of ALL queries, background names included, so the
+    segmenter passes the query softmax while normalising only the foreground maps.
+    """
+    flat = (maps if bounds_from is None else bounds_from).flatten(1)
     low = flat.min(dim=1).values[:, None, None, None]
     high = flat.max(dim=1).values[:, None, None, None]
     return (maps - low) / (high - low).clamp_min(1e-8)

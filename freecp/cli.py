@@ -1,10 +1,17 @@
-"""The ``freecp`` command: one Typer app; each command group lives in ``freecp/commands``."""
+"""The ``freecp`` command: one Typer app; each command group lives in ``freecp/commands``.
+
+Command modules import the library (torch, pyarrow, the LLM client) inside their functions, so
+``freecp --help``, ``--version`` and a mistyped option answer without loading it.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from freecp.commands import benchmark, describe, encode, evaluate, segment
+from freecp import __version__
+from freecp.commands import benchmark, describe, encode, evaluate, samples, segment
 
 app = typer.Typer(
     name="freecp",
@@ -14,8 +21,22 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (segment, benchmark, evaluate, describe, encode):
+for module in (segment, benchmark, evaluate, describe, encode, samples):
     module.register(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"freecp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Training-free open-vocabulary segmentation with FreeCP class purification."""
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ decision needs only the manifest, the stored hashes and the model key (``freecp.
 from __future__ import annotations
 
 from freecp.clip.keys import model_key
+from freecp.progress import ProgressCallback
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore, EncodeSummary
 from freecp.vocab import Vocabulary
@@ -16,7 +17,7 @@ from freecp.vocab import Vocabulary
 def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
                       pretrained: str | None = "openai", clip_checkpoint: str | None = None,
                       descriptions: str | None = None, device: str = "cpu",
-                      progress: bool = True, batch_size: int = 256) -> EncodeSummary:
+                      on_progress: ProgressCallback | None = None, batch_size: int = 256) -> EncodeSummary:
     """Encode every text ``vocab`` needs that the store lacks; returns counts encoded and reused.
 
     ``descriptions`` is a description cache URL; the vocabulary's cached descriptions are
@@ -32,4 +33,4 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
     from freecp.clip.model import load_backbone
 
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device)
-    return embeddings.ensure(vocab, backbone, texts, progress=progress)
+    return embeddings.ensure(vocab, backbone, texts, on_progress=on_progress)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from freecp.io import ImageReadError, read_label_map
-from freecp.stores.fs import TEMP_PREFIX
+from freecp.files import TEMP_PREFIX
+from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_label_map
 from freecp.vocab import load_vocabulary
 
 IGNORE_INDEX = 255
@@ -52,9 +52,10 @@ class DatasetLayout:
     reduce_zero_label: bool
     split: str | None  # list of keys to score; None = every annotation in gt_dir
 
-    def prediction_name(self, key: str) -> str:
+    def prediction_names(self, key: str) -> tuple[str, str]:
+        """``freecp segment``'s name (the image's whole name + .png), then a plain mask folder's."""
         base = self.image_suffix[: self.image_suffix.rfind(".")]  # "_leftImg8bit.png" -> "_leftImg8bit"
-        return key + base + PREDICTION_SUFFIX
+        return key + self.image_suffix + PREDICTION_SUFFIX, key + base + PREDICTION_SUFFIX
 
 
 DATASET_LAYOUTS: dict[str, DatasetLayout] = {
@@ -150,7 +151,7 @@ def metrics_from_confusion(conf: np.ndarray, class_names: Sequence[str] | None =
 
 def pair_folders(pred_dir: Path, gt_dir: Path) -> Pairing:
     """Match label maps by relative path without extension (``a/b.png`` <-> ``a/b.tif``)."""
-    predictions = _index_label_maps(prediction_root(pred_dir))
+    predictions = _index_label_maps(prediction_root(pred_dir), image_named=True)
     truths = _index_label_maps(_existing_dir(gt_dir, "ground-truth folder"))
     if not truths:
         raise EvaluationError(f"no label maps ({', '.join(LABEL_SUFFIXES)}) found in {gt_dir}")
@@ -192,8 +193,9 @@ def pair_keys(pred_dir: Path, data_root: Path, layout: DatasetLayout, keys: Sequ
     check_annotations(data_root, layout, keys)
     pairs, missing = [], []
     for key in keys:
-        prediction = pred_root / layout.prediction_name(key)
-        if prediction.is_file():
+        prediction = next((pred_root / name for name in layout.prediction_names(key)
+                           if (pred_root / name).is_file()), None)
+        if prediction is not None:
             pairs.append(Pair(key, prediction, gt_root / (key + layout.gt_suffix)))
         else:
             missing.append(key)
@@ -347,12 +349,17 @@ def prediction_root(pred_dir: Path) -> Path:
     return pred_dir
 
 
-def _index_label_maps(root: Path) -> dict[str, Path]:
+def _index_label_maps(root: Path, image_named: bool = False) -> dict[str, Path]:
+    """Label maps by relative path without extension; ``image_named`` also drops an image
+    extension before it (``freecp segment`` names the mask of ``a.jpg`` ``a.jpg.png``)."""
     index: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() not in LABEL_SUFFIXES or path.name.startswith(TEMP_PREFIX) or not path.is_file():
             continue
-        key = path.relative_to(root).with_suffix("").as_posix()
+        key = path.relative_to(root).with_suffix("")
+        if image_named and key.suffix.lower() in IMAGE_SUFFIXES:
+            key = key.with_suffix("")
+        key = key.as_posix()
         if key in index:
             raise EvaluationError(f"{index[key]} and {path} are both label maps for {key!r}")
         index[key] = path

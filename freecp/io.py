@@ -12,12 +12,14 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from freecp.stores.fs import atomic_write
+from freecp.files import atomic_write
+from freecp.legend import legend_strip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -104,22 +106,32 @@ def write_mask(path: Path, labels: np.ndarray, num_classes: int) -> None:
 
 
 def write_overlay(
-    path: Path, image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5
+    path: Path, image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5,
+    class_names: Sequence[str] | None = None,
 ) -> None:
-    """Write a JPEG of the image blended with the colour of each pixel's class (``alpha`` = mask weight)."""
+    """Write a JPEG of the image blended with the colour of each pixel's class (``alpha`` = mask weight).
+
+    With ``class_names`` (in label order) a legend under the image names the colour of every
+    class present.
+    """
     labels = _checked_labels(labels, num_classes)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape} and labels {labels.shape} do not match")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within 0..1, not {alpha}")
-    colours = palette(num_classes)[labels].astype(np.float32)
-    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    _write_atomic(path, Image.fromarray(np.rint(blend).astype(np.uint8)), "JPEG", quality=90)
+    colour_map = palette(num_classes)
+    blend = np.rint((1.0 - alpha) * image.astype(np.float32) + alpha * colour_map[labels]).astype(np.uint8)
+    if class_names is not None:
+        present = np.unique(labels)
+        strip = legend_strip(blend.shape[1], [class_names[i] for i in present], colour_map[present])
+        blend = np.concatenate([blend, strip], axis=0)
+    _write_atomic(path, Image.fromarray(blend), "JPEG", quality=90)
 
 
 def safe_output_path(out_dir: Path, relative: Path | str, suffix: str) -> Path:
-    """``out_dir / relative`` with the extension replaced by ``suffix``, refusing any result that
-    would land outside ``out_dir`` (absolute paths, ``..`` parts, symlinks that lead out)."""
+    """``out_dir / relative`` with ``suffix`` appended to the whole file name (``a.jpg`` ->
+    ``a.jpg.png``), so two distinct inputs never share an output; refuses any result that would
+    land outside ``out_dir`` (absolute paths, ``..`` parts, symlinks that lead out)."""
     rel = PurePath(relative)
     if rel.is_absolute() or rel.anchor:
         raise ValueError(f"output name {str(relative)!r} is an absolute path")
@@ -127,7 +139,7 @@ def safe_output_path(out_dir: Path, relative: Path | str, suffix: str) -> Path:
         raise ValueError(f"output name {str(relative)!r} climbs out with '..'")
     if not rel.name or rel.name == ".":
         raise ValueError(f"output name {str(relative)!r} has no file name")
-    target = Path(out_dir) / rel.with_suffix(suffix)
+    target = Path(out_dir) / rel.with_name(rel.name + suffix)
     root = Path(out_dir).resolve()
     if not target.resolve().is_relative_to(root):
         raise ValueError(f"output name {str(relative)!r} resolves outside {out_dir} (symlink)")

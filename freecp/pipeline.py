@@ -1,10 +1,15 @@
 """Segmenting folders: per-image work with records, resumable runs and the run index.
 
 Shared by ``freecp segment`` and the Prefect ``segment-images`` flow. For every image the
-outputs are the mask (palette PNG), the overlay (JPEG) and a small JSON record written last;
-an image is up to date when its record names the same image content hash and the same run key
-(model, vocabulary, text embeddings, settings), so a re-run or a resumed run only does the rest.
-``records.parquet`` is rebuilt from the JSON records at the end of a run.
+outputs are the mask (palette PNG), the overlay (JPEG) and a small JSON record written last
+(names: ``freecp.layout``); an image is up to date when its record names the same image content
+hash and the same run key (model, vocabulary, the text embedding vectors themselves, settings),
+so a re-run or a resumed run only does the rest. ``records.parquet`` is rebuilt from the JSON
+records at the end of a run, also when the run is interrupted or stopped by a full disk.
+
+One image never ends a run: whatever goes wrong while reading, segmenting or writing it becomes
+that image's failed record with its reason. Only a full disk stops the run (``DiskFullError``),
+as every later image would fail the same way.
 
 A folder run keeps the model busy: the next images are read and prepared in a loader thread,
 ``batch_images`` prepared images go through the model together, and the outputs are written in
@@ -14,14 +19,16 @@ are the same bit for bit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import itertools
 import json
-import os
+import logging
 import time
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,17 +37,23 @@ import pyarrow.parquet as pq
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from freecp.claims import claim
 from freecp.clip import embed_vocabulary, load_backbone
-from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, safe_output_path, write_mask, write_overlay
+from freecp.clip.templates import IMAGENET_TEMPLATES
+from freecp.files import atomic_write
+from freecp.inputs import ImageSearch, find_images
+from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
+from freecp.layout import RECORDS_DIR, OutputPaths, output_paths, prepare_output
 from freecp.prefetch import WriteBehind, read_ahead
+from freecp.progress import ProgressCallback
 from freecp.segmenter import PreparedImage, Segmentation, Segmenter
 from freecp.settings import SegmentSettings
-from freecp.stores.fs import atomic_write
 from freecp.threads import ThreadPolicy, current_policy
 from freecp.vocab import Vocabulary
 
-RECORDS_DIR = ".records"
 INDEX_NAME = "records.parquet"
+ERROR_CHARS = 500  # a failure's reason is kept to this length in its record
+log = logging.getLogger("freecp.segment")
 
 INDEX_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -64,7 +77,8 @@ INDEX_SCHEMA = pa.schema([
 
 @dataclass
 class ImageRecord:
-    """One image's outcome; ``status`` is done, skipped (already up to date) or failed."""
+    """One image's outcome; ``status`` is done, skipped (already up to date), failed, or claimed
+    (another run is segmenting it now; that run writes its record)."""
 
     path: str
     status: str
@@ -95,6 +109,7 @@ class RunSummary:
     index: Path | None
     seconds: float
     threads: ThreadPolicy | None = None  # the thread split in force, when one was applied
+    outside_links: list[Path] = field(default_factory=list)  # symlinks leading out, not followed
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records)
@@ -110,37 +125,39 @@ class RunSummary:
         return Counter(c for r in self.records for c in r.removed_classes).most_common(n)
 
 
+class DiskFullError(OSError):
+    """The output filesystem is full: the run stops (every later image would fail the same way)."""
+
+
+_RUN_KEYS: weakref.WeakKeyDictionary[Segmenter, str] = weakref.WeakKeyDictionary()
+
+
 def run_key(segmenter: Segmenter) -> str:
-    """Hash of everything besides the image that decides the outputs."""
-    parts = [segmenter.backbone.model_key, segmenter.vocab.content_hash, segmenter.settings.content_hash,
-             segmenter.ap_targets, ",".join(segmenter.fallback_classes)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def find_images(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Image files under ``root`` (or ``root`` itself), sorted; ``exclude`` (an output folder) is skipped."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is neither an image file nor a folder")
-    skip = exclude.resolve() if exclude is not None else None
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (skip is None or (here / d).resolve() != skip))
-        found += [here / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return found
+    """Hash of everything besides the image that decides the outputs: the model, the vocabulary,
+    the settings and every text vector the segmenter uses (so new descriptions mean new outputs)."""
+    if segmenter not in _RUN_KEYS:
+        digest = hashlib.sha256()
+        for part in (segmenter.backbone.model_key, segmenter.vocab.content_hash, segmenter.settings.content_hash):
+            digest.update(part.encode() + b"|")
+        for vectors in (segmenter.embeddings.queries, segmenter.crop_targets):
+            digest.update(vectors.detach().cpu().float().contiguous().numpy().tobytes())
+        _RUN_KEYS[segmenter] = digest.hexdigest()[:16]
+    return _RUN_KEYS[segmenter]
 
 
 def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
                     clip_checkpoint: str | None = None, store: str | None = None, device: str = "cpu",
-                    settings: SegmentSettings | None = None, encode_missing: bool = True) -> Segmenter:
-    """Load the backbone and the vocabulary's text embeddings (from a store when given)."""
+                    settings: SegmentSettings | None = None, encode_missing: bool = True,
+                    on_progress: ProgressCallback | None = None) -> Segmenter:
+    """Load the backbone and the vocabulary's text embeddings (from a store when given);
+    ``on_progress`` hears about texts the store lacks being encoded."""
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
                              variant=settings.variant, protocol=settings.protocol)
+    if cut := names_cut_by_context(backbone.tokenizer, vocab.queries):
+        log.warning("%d class names are longer than the text tower's %d tokens and are cut short "
+                    "(names cut alike get the same vector): %s", len(cut),
+                    getattr(backbone.tokenizer, "context_length", 77), "; ".join(cut))
     if store is None:
         embeddings = embed_vocabulary(backbone, vocab)
     else:
@@ -148,138 +165,269 @@ def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: s
 
         embedding_store = EmbeddingStore(store)
         if encode_missing:
-            embedding_store.ensure(vocab, backbone, progress=False)
+            embedding_store.ensure(vocab, backbone, on_progress=on_progress)
         embeddings = embedding_store.load(vocab, backbone)
+    log.info("segmenter ready: CLIP %s, vocabulary %s (%d classes), text embeddings from %s",
+             backbone.model_key, vocab.name, len(vocab), store or "a fresh encoding")
     return Segmenter(backbone, vocab, embeddings, settings)
+
+
+def names_cut_by_context(tokenizer, names: list[str]) -> list[str]:
+    """The names whose longest templated prompt does not fit the tokenizer's context (start and
+    end tokens included); empty for tokenizers without a BPE ``encode``."""
+    encode, context = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+    if encode is None or context is None:
+        return []
+    overhead = max(len(encode(template.format(""))) for template in IMAGENET_TEMPLATES) + 2
+    return [name for name in names if len(encode(name)) + overhead > context]
 
 
 @dataclass
 class _Job:
-    """One image on its way through a run: its record so far and, once read, its pixels."""
+    """One image on its way through a run: its record so far, its claim and, once read, its pixels.
+
+    The steps are ``_open_job`` (paths, up-to-date check, claim), ``_load`` (read and prepare),
+    the model (``segment_one`` alone, or ``segment_folder`` in batches) and ``_finish`` (outputs
+    and record, claim released). A job whose ``paths`` is None is settled (bad path, up to date,
+    claimed by another run) and only passes through.
+    """
 
     record: ImageRecord
     source: Path
-    record_path: Path | None = None     # None: settled without segmenting (bad path, up to date)
+    paths: OutputPaths | None = None
+    claim: ExitStack = field(default_factory=ExitStack)
     image: np.ndarray | None = None
     prepared: PreparedImage | None = None
+    error: BaseException | None = None  # what went wrong reading or segmenting this image
     seconds: float = 0.0                # work done for this image so far
 
+    def release(self) -> None:
+        """Give the claim back (idempotent)."""
+        self.claim.close()
 
-def _open_job(segmenter: Segmenter, image_path: Path, images_root: Path, out_dir: Path, key: str) -> _Job:
-    """Output paths and the up-to-date check; the job comes back settled when nothing is to do."""
+
+def _open_job(image_path: Path, images_root: Path, out_dir: Path, key: str) -> _Job:
+    """Output paths, the up-to-date check and the claim; the job comes back settled when
+    nothing is to do here."""
     start = time.perf_counter()
     image_path, out_dir = Path(image_path), Path(out_dir)
     relative = image_path.name if Path(images_root).is_file() else image_path.relative_to(images_root)
     job = _Job(ImageRecord(path=Path(relative).as_posix(), status="failed", run_key=key), image_path)
     record = job.record
     try:
-        record_path = safe_output_path(out_dir / RECORDS_DIR, relative, Path(relative).suffix + ".json")
-        record.mask = safe_output_path(out_dir / "masks", relative, ".png").relative_to(out_dir).as_posix()
-        record.overlay = safe_output_path(out_dir / "overlays", relative, ".jpg").relative_to(out_dir).as_posix()
+        paths = output_paths(out_dir, relative)
+        record.mask = paths.mask.relative_to(out_dir).as_posix()
+        record.overlay = paths.overlay.relative_to(out_dir).as_posix()
         record.content_hash = hashlib.sha256(image_path.read_bytes()).hexdigest()[:16]
     except (OSError, ValueError) as err:
         record.error = f"cannot use this path: {err}"
         return job
-    previous = _read_record(record_path)
-    if previous and previous.status == "done" and previous.content_hash == record.content_hash \
-            and previous.run_key == record.run_key and (out_dir / previous.mask).is_file():
-        previous.status = "skipped"
+    if (previous := _up_to_date(paths, record, out_dir)) is not None:
         job.record = previous
         return job
-    job.record_path = record_path
+    if not job.claim.enter_context(claim(paths.claim)):
+        record.status, record.error = "claimed", "another run is segmenting this image"
+        return job
+    if (previous := _up_to_date(paths, record, out_dir)) is not None:
+        job.release()
+        job.record = previous  # the other run finished it just before our claim
+        return job
+    job.paths = paths
     job.seconds = time.perf_counter() - start
     return job
 
 
 def _load(segmenter: Segmenter, job: _Job) -> _Job:
     """Decode the image and prepare its windows (the loader thread's part of a run)."""
-    if job.record_path is None:
+    if job.paths is None:
         return job
     start = time.perf_counter()
     try:
         job.image = read_image(job.source, segmenter.settings.max_pixels)
         job.prepared = segmenter.prepare(job.image)
-    except ImageReadError as err:
-        job.record.error = str(err)
+    except Exception as err:  # noqa: BLE001 - one image never ends a run; its record keeps why
+        job.error = err
     job.seconds += time.perf_counter() - start
     return job
 
 
+def _segment(segmenter: Segmenter, jobs: list[_Job]) -> list[Segmentation | None]:
+    """The model's part: the prepared images of ``jobs`` segmented together, each job's share of
+    the time booked to it. Should the shared call fail, each image is tried alone, so the error
+    lands on the image that caused it and the others are still done."""
+    todo = [job for job in jobs if job.prepared is not None]
+    begin = time.perf_counter()
+    try:
+        results = segmenter.segment_batch([job.prepared for job in todo]) if todo else []
+    except Exception:  # noqa: BLE001 - retried one by one below
+        results = []
+        for job in todo:
+            try:
+                results.append(segmenter.segment(job.prepared))
+            except Exception as err:  # noqa: BLE001 - one image never ends a run
+                job.error = err
+                results.append(None)
+    for job in todo:
+        job.seconds += (time.perf_counter() - begin) / len(todo)
+    by_job = dict(zip(map(id, todo), results))
+    return [by_job.get(id(job)) for job in jobs]
+
+
 def _finish(segmenter: Segmenter, out_dir: Path, job: _Job, result: Segmentation | None) -> ImageRecord:
-    """Write the mask, the overlay and, last, the record (the writer thread's part of a run)."""
-    record = job.record
-    if job.record_path is None:
-        return record
+    """Write the mask, the overlay and, last, the record, then release the claim (the writer
+    thread's part of a run). Raises ``DiskFullError`` when the output filesystem is full."""
+    record, paths = job.record, job.paths
+    if paths is None:
+        return _logged(record)
     start = time.perf_counter()
-    if result is not None:
-        write_mask(out_dir / record.mask, result.labels, len(segmenter.vocab))
-        write_overlay(out_dir / record.overlay, job.image, result.labels, len(segmenter.vocab))
-        record.status = "done"
-        record.height, record.width = job.image.shape[:2]
-        record.classes_present = result.classes_present(segmenter.vocab)
-        if result.report is not None:
-            record.rp_scores = result.report.rp_scores
-            record.removed_classes = result.report.removed
-            record.ambiguity_groups = result.report.groups
-            record.ap_targets = result.report.ap_targets
-            record.ap_fallback_classes = result.report.fallback_classes
-    record.seconds = round(job.seconds + time.perf_counter() - start, 4)
-    atomic_write(job.record_path, json.dumps(record.to_dict()).encode())
+    try:
+        try:
+            if job.error is not None:
+                raise job.error
+            _write_outputs(paths, job.image, result, segmenter.vocab)
+            _fill(record, job.image, result, segmenter)
+        except Exception as err:  # noqa: BLE001 - one image never ends a run; its record keeps why
+            _discard_outputs(paths)
+            _stop_if_disk_full(err)
+            reason = str(err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
+            record.error = reason[:ERROR_CHARS]
+        record.seconds = round(job.seconds + time.perf_counter() - start, 4)
+        try:
+            atomic_write(paths.record, json.dumps(record.to_dict()).encode())
+        except OSError as err:
+            _discard_outputs(paths)  # outputs without their record would be redone anyway
+            _stop_if_disk_full(err)
+            record.status, record.error = "failed", f"cannot write its record: {err}"[:ERROR_CHARS]
+    finally:
+        job.release()
+    return _logged(record)
+
+
+def _up_to_date(paths: OutputPaths, record: ImageRecord, out_dir: Path) -> ImageRecord | None:
+    """The previous record, marked skipped, when it is done for the same image bytes and run key."""
+    previous = _read_record(paths.record)
+    if previous and previous.status == "done" and previous.content_hash == record.content_hash \
+            and previous.run_key == record.run_key and (out_dir / previous.mask).is_file():
+        previous.status = "skipped"
+        return previous
+    return None
+
+
+def _write_outputs(paths: OutputPaths, image, result: Segmentation, vocab: Vocabulary) -> None:
+    write_mask(paths.mask, result.labels, len(vocab))
+    write_overlay(paths.overlay, image, result.labels, len(vocab), class_names=vocab.class_names)
+
+
+def _fill(record: ImageRecord, image, result: Segmentation, segmenter: Segmenter) -> None:
+    """Copy what segmentation found into the record and mark it done."""
+    record.status = "done"
+    record.height, record.width = image.shape[:2]
+    record.classes_present = result.classes_present(segmenter.vocab)
+    if result.report is not None:
+        record.rp_scores = result.report.rp_scores
+        record.removed_classes = result.report.removed
+        record.ambiguity_groups = result.report.groups
+        record.ap_targets = result.report.ap_targets
+        record.ap_fallback_classes = result.report.fallback_classes
+
+
+def _discard_outputs(paths: OutputPaths) -> None:
+    """Remove what a failed image left (a mask without its overlay, or older outputs): a failed
+    image has no outputs, so nothing half-written can pass for finished work."""
+    for path in (paths.mask, paths.overlay):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a directory or an unwritable folder in the way: the record says it failed
+
+
+def _stop_if_disk_full(err: BaseException) -> None:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(err.errno, f"the output disk is full ({err.strerror})") from err
+
+
+def _logged(record: ImageRecord) -> ImageRecord:
+    if record.status == "failed":
+        log.warning("%s failed: %s", record.path, record.error)
     return record
 
 
 def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_dir: Path,
                 key: str | None = None) -> ImageRecord:
-    """Segment one image file unless its outputs are up to date; never raises for a bad image."""
-    job = _load(segmenter, _open_job(segmenter, image_path, images_root, out_dir, key or run_key(segmenter)))
-    result = None
-    if job.prepared is not None:
-        start = time.perf_counter()
-        result = segmenter.segment(job.prepared)
-        job.seconds += time.perf_counter() - start
-    return _finish(segmenter, Path(out_dir), job, result)
+    """Segment one image file unless its outputs are up to date or another run has claimed it.
+
+    Never raises for anything about this one image (its record says what went wrong); raises
+    ``DiskFullError`` when the output filesystem is full.
+    """
+    job = _open_job(image_path, images_root, out_dir, key or run_key(segmenter))
+    try:
+        job = _load(segmenter, job)
+        (result,) = _segment(segmenter, [job])
+        return _finish(segmenter, Path(out_dir), job, result)
+    finally:
+        job.release()
 
 
 def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True,
-                   files: Sequence[Path] | None = None) -> RunSummary:
+                   files: Sequence[Path] | None = None, follow_symlinks: bool = False) -> RunSummary:
     """Segment every image under ``images_root`` (or only ``files``, paths below it, such as a
     benchmark's split) into ``out_dir``, skipping up-to-date ones.
 
-    The settings' ``prefetch`` batches are read ahead and ``batch_images`` images share model
-    calls; the summary reports the thread policy in force (``freecp.threads``).
+    The settings' ``prefetch`` batches are read ahead, ``batch_images`` images share model
+    calls and the outputs are written behind (the steps of ``segment_one``, so the files are the
+    same bit for bit); the summary reports the thread policy in force (``freecp.threads``).
+    The index is written however the loop ends (finished, interrupted, disk full); the summary
+    of an interrupted or stopped run travels on the exception as ``err.summary``.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    files = find_images(images_root, exclude=out_dir) if files is None else list(files)
-    if not files:
+    search = find_images(images_root, exclude=out_dir, follow_symlinks=follow_symlinks) if files is None \
+        else ImageSearch(list(files), [])
+    if not search.images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_root}")
+    prepare_output(out_dir)
     key = run_key(segmenter)
     settings = segmenter.settings
+    records: list[ImageRecord] = []
+    opened: list[_Job] = []  # every job that may hold a claim, released whatever happens
+
+    def open_and_load(path: Path) -> _Job:
+        job = _open_job(path, images_root, out_dir, key)
+        opened.append(job)
+        return _load(segmenter, job)
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    futures = []
-    with Progress(*columns, disable=not progress) as bar, WriteBehind(2 * settings.batch_images) as writer:
-        task = bar.add_task("segmenting", total=len(files), rate="")
-        finished = itertools.count(1)
+    jobs = read_ahead(search.images, open_and_load, settings.prefetch * settings.batch_images)
+    try:
+        with Progress(*columns, disable=not progress) as bar, WriteBehind(2 * settings.batch_images) as writer:
+            task = bar.add_task("segmenting", total=len(search.images), rate="")
+            pending: deque[Future[ImageRecord]] = deque()
 
-        def advance(_: Future) -> None:
-            rate = next(finished) / (time.perf_counter() - start)
-            bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+            def collect(block: bool) -> None:
+                """Take finished records in order (all of them when ``block``); a full disk
+                raises here, in the run's thread."""
+                while pending and (block or pending[0].done()):
+                    records.append(pending.popleft().result())
+                    rate = len(records) / (time.perf_counter() - start)
+                    bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
 
-        jobs = read_ahead(files, lambda path: _load(segmenter, _open_job(segmenter, path, images_root, out_dir, key)),
-                          settings.prefetch * settings.batch_images)
-        for batch in _batches(jobs, settings.batch_images):
-            todo = [job for job in batch if job.prepared is not None]
-            begin = time.perf_counter()
-            results = dict(zip(map(id, todo), segmenter.segment_batch([job.prepared for job in todo])))
-            for job in todo:
-                job.seconds += (time.perf_counter() - begin) / len(todo)
-            for job in batch:
-                futures.append(writer.submit(_finish, segmenter, out_dir, job, results.get(id(job))))
-                futures[-1].add_done_callback(advance)
-    records = [future.result() for future in futures]
-    return RunSummary(records=records, index=write_index(out_dir), seconds=time.perf_counter() - start,
-                      threads=current_policy())
+            for batch in _batches(jobs, settings.batch_images):
+                for job, result in zip(batch, _segment(segmenter, batch)):
+                    pending.append(writer.submit(_finish, segmenter, out_dir, job, result))
+                collect(block=False)
+            collect(block=True)
+    except BaseException as err:
+        err.summary = RunSummary(  # type: ignore[attr-defined]
+            records=records, index=_index_on_the_way_out(out_dir, records), seconds=time.perf_counter() - start,
+            threads=current_policy(), outside_links=search.outside_links)
+        raise
+    finally:
+        jobs.close()  # stops the loader thread before the claims it took are released
+        for job in opened:
+            job.release()
+    return RunSummary(records=records, index=write_index(out_dir, records), seconds=time.perf_counter() - start,
+                      threads=current_policy(), outside_links=search.outside_links)
 
 
 def _batches(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
@@ -295,17 +443,34 @@ def _batches(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
         yield batch
 
 
-def write_index(out_dir: Path) -> Path:
-    """Rebuild ``records.parquet`` from every per-image record in ``out_dir`` (atomic)."""
+def _index_on_the_way_out(out_dir: Path, records: list[ImageRecord]) -> Path | None:
+    try:
+        return write_index(out_dir, records)
+    except OSError as err:  # the disk that stopped the run may not take the index either
+        log.error("could not write %s: %s", Path(out_dir) / INDEX_NAME, err)
+        return None
+
+
+def write_index(out_dir: Path, records: list[ImageRecord] = ()) -> Path:
+    """Rebuild ``records.parquet`` from every per-image record in ``out_dir`` (atomic).
+
+    ``records`` of this run take precedence over the files, and count even where their JSON
+    could not be written (a name too long for the filesystem, say); claimed ones are left to
+    the run that holds them.
+    """
     out_dir = Path(out_dir)
-    rows = []
+    by_path: dict[str, ImageRecord] = {}
     for path in sorted((out_dir / RECORDS_DIR).rglob("*.json")):
         record = _read_record(path)
         if record is not None:
-            row = record.to_dict()
-            row["ambiguity_groups"] = json.dumps(row["ambiguity_groups"])
-            row["rp_scores"] = list(row["rp_scores"].items())
-            rows.append(row)
+            by_path[record.path] = record
+    by_path.update((r.path, r) for r in records if r.status in ("done", "failed"))
+    rows = []
+    for path in sorted(by_path):
+        row = by_path[path].to_dict()
+        row["ambiguity_groups"] = json.dumps(row["ambiguity_groups"])
+        row["rp_scores"] = list(row["rp_scores"].items())
+        rows.append(row)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), sink)
     target = out_dir / INDEX_NAME

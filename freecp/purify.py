@@ -13,7 +13,7 @@ import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from freecp.refine import component_boxes, quantised_masks
+from freecp.refine import component_boxes, contour_boxes, quantised_masks
 
 
 def self_consistency(cam: torch.Tensor, refined: torch.Tensor, formula: str = "half-dice") -> torch.Tensor:
@@ -53,6 +53,7 @@ class AmbiguityGroup:
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 in patch units of its map
     winners: list[int] = field(default_factory=list)
     scope: int = 0                   # which window (or 0 for the whole image)
+    crop_winners: list[int] = field(default_factory=list)  # the member each encoded crop picked, in order
 
     @property
     def valid_boxes(self) -> list[tuple[int, int, int, int]]:
@@ -68,8 +69,21 @@ class AmbiguityGroup:
         return [] if self.has_degenerate_box else self.valid_boxes
 
 
+def group_boxes(mean_map: torch.Tensor, box_threshold: float, box_rule: str) -> list[tuple[int, int, int, int]]:
+    """Crop boxes of a group's mean map [h, w]: one per contour (``contours``, the reference's rule:
+    hole borders give boxes too) or one per 8-connected component (``components``)."""
+    mask = quantised_masks(mean_map[None], box_threshold)
+    if box_rule == "contours":
+        boxes = contour_boxes(mask[0])
+    elif box_rule == "components":
+        boxes = [tuple(int(v) for v in b) for b in component_boxes(mask)[1]]
+    else:
+        raise ValueError(f"unknown box rule {box_rule!r}; choose contours or components")
+    return boxes or [(0, 0, 0, 0)]
+
+
 def plan_ambiguity(refined: torch.Tensor, classes: list[int], ap_threshold: float,
-                   box_threshold: float, scope: int = 0) -> list[AmbiguityGroup]:
+                   box_threshold: float, scope: int = 0, box_rule: str = "contours") -> list[AmbiguityGroup]:
     """Groups among the surviving ``classes`` of refined maps [K, h, w], with their crop boxes."""
     if len(classes) < 2:
         return []
@@ -77,28 +91,26 @@ def plan_ambiguity(refined: torch.Tensor, classes: list[int], ap_threshold: floa
     groups = ambiguity_groups(pairwise_soft_iou(maps.flatten(1)), ap_threshold)
     planned = []
     for local in groups:
-        mean_map = maps[local].mean(dim=0, keepdim=True)
-        _, boxes = component_boxes(quantised_masks(mean_map, box_threshold))
-        box_list = [tuple(int(v) for v in b) for b in boxes] or [(0, 0, 0, 0)]
-        planned.append(AmbiguityGroup(members=[classes[i] for i in local], boxes=box_list, scope=scope))
+        boxes = group_boxes(maps[local].mean(dim=0), box_threshold, box_rule)
+        planned.append(AmbiguityGroup(members=[classes[i] for i in local], boxes=boxes, scope=scope))
     return planned
 
 
 def resolve_groups(groups: list[AmbiguityGroup], crop_embeddings: torch.Tensor,
-                   targets: torch.Tensor, logit_scale: float) -> None:
-    """Set each group's winners from its crops' embeddings, in the order of ``crop_boxes``.
+                   targets: torch.Tensor, logit_scale: float,
+                   crop_counts: list[int] | None = None) -> None:
+    """Set each group's winners from its crops' embeddings, group after group.
 
-    A crop keeps the member whose target embedding scores highest; a group with a degenerate
-    box, or none valid, keeps all its members.
+    ``crop_counts`` says how many crops each group has (default: ``len(crop_boxes)``; a trace
+    also encodes the valid boxes of groups with a degenerate box, as the reference does). A crop
+    keeps the member whose target embedding scores highest (``crop_winners``, in crop order); a
+    group with a degenerate box, or none valid, keeps all its members.
     """
+    counts = crop_counts if crop_counts is not None else [len(g.crop_boxes) for g in groups]
     offset = 0
-    for group in groups:
-        count = len(group.crop_boxes)
+    for group, count in zip(groups, counts):
         crops = crop_embeddings[offset:offset + count]
         offset += count
-        if group.has_degenerate_box:
-            group.winners = list(group.members)
-            continue
         scores = logit_scale * crops @ targets[group.members].T
-        picked = sorted({group.members[i] for i in scores.argmax(dim=1).tolist()})
-        group.winners = picked
+        group.crop_winners = [group.members[i] for i in scores.argmax(dim=1).tolist()]
+        group.winners = list(group.members) if group.has_degenerate_box else sorted(set(group.crop_winners))

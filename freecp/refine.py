@@ -2,18 +2,22 @@
 
 Boxes from a score map: the map is quantised to 0..255 and thresholded above int(0.4 * max); each
 8-connected component of the mask gives one bounding box (x0, y0, x0 + w, y0 + h), clipped to
-size - 1. That equals the union of the bounding boxes of OpenCV's external and internal contours
-(an internal contour lies inside its component's box), and lets every class of every window be
-labelled in one ``scipy.ndimage.label`` call instead of a Python loop over classes.
+size - 1. For refinement's box masks that equals the union of the bounding boxes of OpenCV's
+external and internal contours (an internal contour lies inside its component's box), and lets
+every class of every window be labelled in one ``scipy.ndimage.label`` call instead of a Python
+loop over classes. Ambiguity purification crops each box, so there the two rules differ: the
+reference crops one box per contour, hole borders included (``contour_boxes``).
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from scipy import ndimage
 
 SINKHORN_ROUNDS = 3
+REFINE_EPS = 1e-8  # added to each refined map's range (the reference's; fits the fixtures to 1e-9)
 
 
 def affinity_transition(attention: torch.Tensor) -> torch.Tensor:
@@ -56,6 +60,18 @@ def component_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, np.stack([x0, y0, x1, y1], axis=1)
 
 
+def contour_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes of EVERY contour of a binary mask [h, w] (outer borders and hole borders), in
+    OpenCV's order, as x0, y0, x1, y1 clipped to size - 1: the reference's boxes for AP crops."""
+    h, w = mask.shape
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    boxes = []
+    for contour in contours:
+        x, y, width, height = cv2.boundingRect(contour)
+        boxes.append((x, y, min(x + width, w - 1), min(y + height, h - 1)))
+    return boxes
+
+
 def box_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
     """Per map, the union of its component boxes as a float mask: [M, h, w] -> [M, h, w]."""
     h, w = maps.shape[-2:]
@@ -71,13 +87,19 @@ def box_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
     return out.clamp_max(1)
 
 
-def refine(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Refined maps: transition @ (box mask * map) for all classes in one product, then per-class
-    min-max to [0, 1]. maps [B, K, h, w] (global-min-max normalised), transition [B, N, N]."""
+def propagate(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
+    """transition @ (box mask * map) for all classes in one product: maps [B, K, h, w]
+    (global-min-max normalised), transition [B, N, N] -> [B, K, N], before any normalisation."""
     batch, classes, h, w = maps.shape
     boxes = box_masks(maps.reshape(batch * classes, h, w), threshold).reshape(batch, classes, h * w)
     masked = boxes * maps.reshape(batch, classes, h * w)
-    refined = masked @ transition.transpose(-1, -2)  # [B, K, N]: sum_q T(p, q) * masked(q)
+    return masked @ transition.transpose(-1, -2)  # [B, K, N]: sum_q T(p, q) * masked(q)
+
+
+def refine(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Refined maps: ``propagate``, then per-class min-max as the reference,
+    (x - min) / (max - min + 1e-8), so a nearly flat map stays below 1."""
+    refined = propagate(maps, transition, threshold)
     low = refined.min(dim=-1, keepdim=True).values
     high = refined.max(dim=-1, keepdim=True).values
-    return ((refined - low) / (high - low).clamp_min(1e-8)).reshape(batch, classes, h, w)
+    return ((refined - low) / (high - low + REFINE_EPS)).reshape(maps.shape)

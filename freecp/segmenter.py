@@ -18,6 +18,7 @@ from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from freecp.clip.text import ClassEmbeddings
 from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
 from freecp.refine import affinity_transition, refine
 from freecp.settings import SegmentSettings
+from freecp.trace import SegmentTrace, scatter_columns
 from freecp.vocab import Vocabulary
 
 CLIP_MEAN = torch.tensor([122.771, 116.746, 104.094]).view(3, 1, 1)
@@ -67,10 +69,11 @@ class Segmentation:
 class _Windows:
     """The sliding windows of one resized image: a full grid of row starts x column starts."""
 
-    image: torch.Tensor               # [3, H, W] the resized, normalised image
+    image: torch.Tensor               # [3, H, W] the resized, normalised image (padded, see valid)
     pixels: torch.Tensor              # [B, 3, wh, ww] its windows, row-major over (rows, cols)
     rows: list[int]                   # y0 of each window row in the resized image
     cols: list[int]                   # x0 of each window column
+    valid: tuple[int, int]            # the resized image's own size; beyond it is padding
 
     @property
     def size(self) -> tuple[int, int]:
@@ -132,20 +135,25 @@ class Segmenter:
         windows = self._windows(self._preprocess(image))
         return PreparedImage(tuple(image.shape[:2]), windows, time.perf_counter() - start)
 
-    def segment(self, image: np.ndarray | PreparedImage) -> Segmentation:
-        """Label an HxWx3 uint8 RGB image; the label map has the image's own size."""
-        return self.segment_batch([image])[0]
+    def segment(self, image: np.ndarray | PreparedImage, trace: SegmentTrace | None = None) -> Segmentation:
+        """Label an HxWx3 uint8 RGB image; the label map has the image's own size.
 
-    def segment_batch(self, images: Sequence[np.ndarray | PreparedImage]) -> list[Segmentation]:
+        ``trace``, when given, is filled with every per-window stage (see ``freecp.trace``).
+        """
+        return self.segment_batch([image], [trace])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray | PreparedImage],
+                      traces: Sequence[SegmentTrace | None] | None = None) -> list[Segmentation]:
         """Segment several images at once; each result equals ``segment`` of that image alone.
 
         Every image runs ``_stages``, which pauses where it needs the model; the pending requests
         of all images are served together: all windows (grouped by shape) in calls of
         ``window_batch``, all AP crops in one call. The backbone's numbers for a window or a crop
         do not depend on what it shares a call with (``ClipBackbone.encode_crops``), so batching
-        changes nothing but speed.
+        changes nothing but speed. ``traces`` (one per image, or None) are filled as ``segment``'s.
         """
-        runs = [self._stages(image) for image in images]
+        traces = list(traces) if traces is not None else [None] * len(images)
+        runs = [self._stages(image, trace) for image, trace in zip(images, traces, strict=True)]
         results: list[Segmentation | None] = [None] * len(runs)
         calls: list[_ModelCall | None] = [None] * len(runs)
         answers: list[Any] = [None] * len(runs)
@@ -161,13 +169,16 @@ class Segmenter:
         return results
 
     # ------------------------------------------------------------------ stages
-    def _stages(self, image: np.ndarray | PreparedImage) -> Generator[_ModelCall, Any, Segmentation]:
+    def _stages(self, image: np.ndarray | PreparedImage,
+                trace: SegmentTrace | None = None) -> Generator[_ModelCall, Any, Segmentation]:
         """One image through the method; ``yield`` hands a model call to ``segment_batch``."""
         timer = _StageTimer()
         s = self.settings
         prepared = image if isinstance(image, PreparedImage) else self.prepare(image)
         timer.seconds["input"] += prepared.seconds
         windows, original = prepared.windows, prepared.size
+        if trace is not None:
+            trace.windows, trace.origins = windows.pixels, windows.origins
         features, attention = yield _ModelCall("dense", windows.pixels, timer, "backbone")
         with timer("cam"):
             probs = query_softmax(features, self.embeddings.queries, self.backbone.logit_scale)
@@ -180,26 +191,37 @@ class Segmenter:
 
         fg_cams = cams[:, self.foreground]
         with timer("refine"):
-            refined = refine(global_minmax(fg_cams), affinity_transition(attention), s.box_threshold)
+            normalized = global_minmax(fg_cams, bounds_from=probs)  # bounds over ALL queries, as the reference
+            refined = refine(normalized, affinity_transition(attention), s.box_threshold)
         with timer("rp"):
             rp_scores, keep = self._redundancy(fg_cams, refined)
             survivors = keep.any(dim=0)
             maps = (refined * keep[:, :, None, None])[:, survivors]  # RP shrinks K for all that follows
             classes = self.foreground[survivors]
+        if trace is not None:
+            trace.attention, trace.query_softmax = attention, probs.permute(0, 3, 1, 2)
+            trace.normalized, trace.refined = normalized, refined
+            trace.rp_scores, trace.rp_keep = rp_scores, keep
+            trace.after_rp = scatter_columns(maps, survivors, len(self.foreground))
         groups: list[AmbiguityGroup] = []
         if s.ambiguity and len(classes) > 1:
             with timer("ap"):
                 if s.scope == "window":
-                    groups, crops = self._ambiguity_per_window(maps, classes, windows)
+                    groups, crops, crop_counts = self._ambiguity_per_window(maps, classes, windows,
+                                                                            trace is not None)
                 else:
-                    groups, crops = self._ambiguity_per_image(maps, classes, windows)
+                    groups, crops, crop_counts = self._ambiguity_per_image(maps, classes, windows)
             embedded = (yield _ModelCall("crops", torch.stack(crops), timer, "ap")) if crops \
                 else self.crop_targets[:0]
             with timer("ap"):
-                maps = self._settle(maps, classes, groups, embedded)
+                maps = self._settle(maps, classes, groups, embedded, crop_counts)
+        if trace is not None:
+            trace.after_ap, trace.groups = scatter_columns(maps, survivors, len(self.foreground)), groups
         with timer("compose"):
             labels, scores = self._compose(maps, classes, windows, original,
                                            background_from_max=self.vocab.has_background)
+        if trace is not None:
+            trace.scores, trace.score_classes = self._canvas(maps, windows, original), classes
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
         report = self._report(rp_scores, survivors, alive, groups, windows, original)
         return Segmentation(labels, scores, report, dict(timer.seconds))
@@ -259,21 +281,27 @@ class Segmenter:
 
     # ------------------------------------------------------------------ input
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Keep-ratio resize to (2048, S) as the reference, bilinear, then CLIP normalisation."""
+        """Keep-ratio resize to (2048, S), then CLIP normalisation, exactly as the reference's
+        mmcv pipeline: OpenCV's bilinear resize on the 8-bit image (its rounding included)."""
         h, w = image.shape[:2]
         factor = min(MAX_LONG_SIDE / max(h, w), self.settings.short_side / min(h, w))
-        size = (int(h * factor + 0.5), int(w * factor + 0.5))
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None]
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)[0]
+        size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
+        resized = cv2.resize(np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
         return (pixels - CLIP_MEAN) / CLIP_STD
 
     def _windows(self, pixels: torch.Tensor) -> _Windows:
+        """Sliding windows; a side shorter than one patch (extreme aspect ratios: the long side is
+        capped first) is padded with the mean colour to a patch, which composition crops off again."""
+        valid = tuple(pixels.shape[-2:])
+        p = self.backbone.patch_size
+        pixels = F.pad(pixels, (0, max(0, p - valid[1]), 0, max(0, p - valid[0])))
         height, width = pixels.shape[-2:]
         wh, ww = min(self.settings.window, height), min(self.settings.window, width)
         rows = _starts(height, wh, self.settings.stride)
         cols = _starts(width, ww, self.settings.stride)
         crops = torch.stack([pixels[:, y:y + wh, x:x + ww] for y in rows for x in cols])
-        return _Windows(pixels, crops, rows, cols)
+        return _Windows(pixels, crops, rows, cols, valid)
 
     # ------------------------------------------------------------ purification
     def _redundancy(self, cams: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,30 +316,41 @@ class Segmenter:
         keep = scores > s.rp_threshold if s.redundancy else torch.ones_like(scores, dtype=torch.bool)
         return scores, keep
 
-    def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor,
-                              windows: _Windows) -> tuple[list[AmbiguityGroup], list[torch.Tensor]]:
-        """Plan groups in every window and cut their crops (classified together by ``_settle``)."""
+    def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows,
+                              every_valid_box: bool = False,
+                              ) -> tuple[list[AmbiguityGroup], list[torch.Tensor], list[int]]:
+        """Plan groups in every window and cut their crops (classified together by ``_settle``);
+        also the number of crops per group.
+
+        ``every_valid_box`` also encodes the valid boxes of groups that a degenerate box keeps
+        whole (their winners change nothing; a trace records them, as the reference does).
+        """
         s = self.settings
         groups = []
         for b in range(len(maps)):
             alive = torch.nonzero(maps[b].flatten(1).amax(dim=1) > 0).flatten().tolist()
-            groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b)
-        crops = [self._crop(windows.pixels[g.scope], box) for g in groups for box in g.crop_boxes]
-        return groups, crops
+            groups += plan_ambiguity(maps[b], alive, s.ap_threshold, s.box_threshold, scope=b,
+                                     box_rule=s.box_rule)
+        boxes = [g.valid_boxes if every_valid_box else g.crop_boxes for g in groups]
+        crops = [self._crop(windows.pixels[g.scope], box) for g, group_boxes in zip(groups, boxes)
+                 for box in group_boxes]
+        return groups, crops, [len(b) for b in boxes]
 
     def _ambiguity_per_image(self, maps: torch.Tensor, classes: torch.Tensor,
-                             windows: _Windows) -> tuple[list[AmbiguityGroup], list[torch.Tensor]]:
-        """Image-scope AP: one set of groups from the composed maps at patch resolution."""
+                             windows: _Windows) -> tuple[list[AmbiguityGroup], list[torch.Tensor], None]:
+        """Image-scope AP: one set of groups from the composed maps at patch resolution (each
+        group's crops are its crop boxes, so no crop counts)."""
         s = self.settings
         p = self.backbone.patch_size
         height, width = windows.size
         image_maps = self._canvas(maps, windows, (height // p, width // p))
-        groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold)
+        groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold,
+                                box_rule=s.box_rule)
         crops = [self._crop(windows.image, box) for g in groups for box in g.crop_boxes]
-        return groups, crops
+        return groups, crops, None
 
     def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
-                embedded: torch.Tensor) -> torch.Tensor:
+                embedded: torch.Tensor, crop_counts: list[int] | None = None) -> torch.Tensor:
         """Re-classify the crops from their embeddings; zero each group's losers in its window (or all).
 
         Group members arrive as indices into ``classes`` and leave as vocabulary indices.
@@ -320,7 +359,7 @@ class Segmenter:
             return maps
         for g in groups:
             g.members = [int(classes[m]) for m in g.members]
-        resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale)
+        resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale, crop_counts)
         column = {int(c): i for i, c in enumerate(classes)}
         maps = maps.clone()
         per_image = self.settings.scope == "image"
@@ -353,7 +392,7 @@ class Segmenter:
         scores = np.zeros(len(self.vocab), dtype=np.float32)
         for start in range(0, maps.shape[1], COMPOSE_CHUNK):
             chunk = classes[start:start + COMPOSE_CHUNK]
-            composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original)
+            composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original, windows.valid)
             scores[chunk.numpy()] = composed.flatten(1).amax(1).numpy()
             top, arg = composed.max(dim=0)
             better = top > best
@@ -365,8 +404,10 @@ class Segmenter:
             scores[0] = float(background.max())
         return label.to(torch.int32).numpy(), scores
 
-    def _canvas(self, maps: torch.Tensor, windows: _Windows, size: tuple[int, int]) -> torch.Tensor:
-        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``.
+    def _canvas(self, maps: torch.Tensor, windows: _Windows, size: tuple[int, int],
+                region: tuple[int, int] | None = None) -> torch.Tensor:
+        """Window maps [B, C, h, w] -> maps averaged over overlapping windows, resized to ``size``
+        (only the top-left ``region`` of the resized image, when given: padding is left out).
 
         Upsampling to the window, pasting, dividing by the window count and resizing are all
         linear and separable per axis, so the whole composition is ``A_y @ mosaic @ A_x^T`` with
@@ -375,8 +416,9 @@ class Segmenter:
         """
         grid_h, grid_w = maps.shape[-2:]
         wh, ww = windows.pixels.shape[-2:]
-        along_y = _axis_operator(windows.rows, grid_h, wh, windows.size[0], size[0])
-        along_x = _axis_operator(windows.cols, grid_w, ww, windows.size[1], size[1])
+        region = region or windows.size
+        along_y = _axis_operator(windows.rows, grid_h, wh, windows.size[0], size[0], region[0])
+        along_x = _axis_operator(windows.cols, grid_w, ww, windows.size[1], size[1], region[1])
         n_rows, n_cols = len(windows.rows), len(windows.cols)
         mosaic = maps.reshape(n_rows, n_cols, -1, grid_h, grid_w).permute(2, 0, 3, 1, 4)
         mosaic = mosaic.reshape(-1, n_rows * grid_h, n_cols * grid_w)
@@ -388,10 +430,10 @@ class Segmenter:
         """A box in patch units of a window (or of the whole resized image) as original pixels."""
         p = self.backbone.patch_size
         y0, x0 = windows.origins[scope] if self.settings.scope == "window" else (0, 0)
-        sy, sx = original[0] / windows.size[0], original[1] / windows.size[1]
+        sy, sx = original[0] / windows.valid[0], original[1] / windows.valid[1]
         x_a, y_a, x_b, y_b = box
-        return [round((x0 + x_a * p) * sx), round((y0 + y_a * p) * sy),
-                round((x0 + x_b * p) * sx), round((y0 + y_b * p) * sy)]
+        return [min(round((x0 + x_a * p) * sx), original[1]), min(round((y0 + y_a * p) * sy), original[0]),
+                min(round((x0 + x_b * p) * sx), original[1]), min(round((y0 + y_b * p) * sy), original[0])]
 
     def _report(self, rp_scores: torch.Tensor, rp_kept: torch.Tensor, alive: torch.Tensor,
                 groups: list[AmbiguityGroup], windows: _Windows, original: tuple[int, int]) -> PurificationReport:
@@ -414,8 +456,10 @@ class Segmenter:
         )
 
 
-def _axis_operator(starts: list[int], grid: int, window: int, resized: int, target: int) -> torch.Tensor:
-    """[target, len(starts) * grid]: one axis of upsample-to-window, paste, average, resize."""
+def _axis_operator(starts: list[int], grid: int, window: int, resized: int, target: int,
+                   valid: int) -> torch.Tensor:
+    """[target, len(starts) * grid]: one axis of upsample-to-window, paste, average, keep the
+    first ``valid`` positions (drop padding), resize."""
     upsample = _linear_resize_matrix(grid, window)           # [window, grid]
     paste = torch.zeros(resized, len(starts) * grid)
     for i, start in enumerate(starts):
@@ -424,7 +468,8 @@ def _axis_operator(starts: list[int], grid: int, window: int, resized: int, targ
     for start in starts:
         coverage[start:start + window] += 1
     paste /= coverage[:, None]
-    return paste if target == resized else _linear_resize_matrix(resized, target) @ paste
+    paste = paste[:valid]
+    return paste if target == valid else _linear_resize_matrix(valid, target) @ paste
 
 
 @lru_cache(maxsize=64)

@@ -18,6 +18,7 @@ Protocol = Literal["freecp", "original"]
 ScFormula = Literal["half-dice", "soft-iou"]
 PurifyScope = Literal["window", "image"]
 Precision = Literal["fp32", "fp16", "bf16"]
+BoxRule = Literal["contours", "components"]
 
 VARIANTS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "vanilla")
 PROTOCOLS: tuple[str, ...] = ("freecp", "original")
@@ -43,6 +44,7 @@ class SegmentSettings:
     sc_formula: ScFormula = "half-dice"
     scope: PurifyScope = "window"  # decide classes per window (reference) or once per image
     box_threshold: float = 0.4     # boxes from maps thresholded at this fraction of the max
+    box_rule: BoxRule = "contours"  # AP crops: one per contour, holes too (reference), or per component
     crop_size: int = 112           # AP crops are resized to this square
     window_batch: int = 16         # windows per backbone call
     batch_images: int = 1          # images whose windows and crops share model calls (same outputs)
@@ -59,12 +61,18 @@ class SegmentSettings:
             raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
         if self.scope not in ("window", "image"):
             raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
+        for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
+        if self.box_rule not in ("contours", "components"):
+            raise ValueError(f"unknown box rule {self.box_rule!r}; choose contours or components")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.batch_images < 1 or self.window_batch < 1 or self.prefetch < 0:
-            raise ValueError("batch_images and window_batch must be at least 1, prefetch at least 0")
+        if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
+            raise ValueError(f"prefetch must be a whole number of at least 0, not {self.prefetch!r}")
 
     def replace(self, **changes: Any) -> "SegmentSettings":
         """A copy with some fields changed; ``None`` values are ignored (unset CLI options)."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+
+from freecp.resources import VOCABULARIES, shipped
 
 BACKGROUND_PREFIX = "background:"
 
@@ -98,8 +99,7 @@ def shipped_vocabularies() -> list[str]:
 
 
 def _shipped_dir() -> Path:
-    packaged = Path(str(resources.files("freecp") / "vocab"))
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "vocab"
+    return shipped(VOCABULARIES)
 
 
 def load_vocabulary(source: str | Path | list[str]) -> Vocabulary:

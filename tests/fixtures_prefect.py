@@ -9,6 +9,7 @@ this process's Prefect settings at the same server.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import shared_data
 from freecp.describe.serve import free_port
+from freecp.resources import sample_images
 from tests.processes import stop_process
 
 SERVER_START_TIMEOUT = 180  # seconds; the first start runs the database migrations
@@ -57,7 +58,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     log = home / "server.log"
-    env = {**os.environ, **_quiet_prefect_env(home)}
+    env = {**os.environ, **_quiet_prefect_env(home), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     env.pop("PREFECT_API_URL", None)  # the server itself must not act as a client of another one
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -95,8 +96,35 @@ def prefect_api(prefect_server: str, tmp_path: Path) -> Iterator[str]:
         EventsWorker.drain_all(timeout=30, at_exit=False)
 
 
+@pytest.fixture(scope="session")
+def deployed(prefect_env: dict[str, str]) -> str:
+    """The ``freecp`` process work pool and every deployment of the project's ``prefect.yaml``,
+    made with the real CLI from the project root; returns the pool's name."""
+    created = prefect_cli(["work-pool", "create", POOL, "--type", "process"], prefect_env)
+    assert created.returncode == 0, created.stdout + created.stderr
+    done = prefect_cli(["--no-prompt", "deploy", "--all"], prefect_env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return POOL
+
+
+def prefect_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The ``prefect`` command, run from the project root (where ``prefect.yaml`` is)."""
+    return subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=PROJECT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 # ---------------------------------------------------------------- shared by the flow tests
-VOC_MINI = shared_data.VOC_MINI / "JPEGImages"
+PROJECT = Path(__file__).resolve().parents[1]
+POOL = "freecp"
+SAMPLES = sample_images()  # three shipped photos: the flow tests need no ../shared
+
+
+def copy_samples(folder: Path) -> list[str]:
+    """Copy the shipped sample photos (not their README) into a new ``folder``; their stems, sorted."""
+    folder.mkdir(parents=True)
+    for photo in SAMPLES.glob("*.jpg"):
+        shutil.copy(photo, folder / photo.name)
+    return sorted(p.stem for p in folder.iterdir())
 FLOW_VOCAB = ["background: sky, wall", "cat, kitten", "person"]  # small: few texts to encode and describe
 TINY_CLIP = {"model": "freecp-tiny", "pretrained": "none"}  # random weights: outputs are plumbing, not meaning
 

@@ -27,7 +27,8 @@ def test_matrix_composition_matches_the_reference_procedure():
                                                       ((448, 300), 384, 112, (640, 429))]:
         wh, ww = min(window, height), min(window, width)
         rows, cols = _starts(height, wh, stride), _starts(width, ww, stride)
-        windows = _Windows(torch.zeros(3, height, width), torch.zeros(len(rows) * len(cols), 3, wh, ww), rows, cols)
+        windows = _Windows(torch.zeros(3, height, width), torch.zeros(len(rows) * len(cols), 3, wh, ww), rows, cols,
+                           (height, width))
         maps = torch.rand(len(rows) * len(cols), 5, wh // 16, ww // 16)
         fast = Segmenter._canvas(None, maps, windows, original)
         assert fast.shape == (5, *original)

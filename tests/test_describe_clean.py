@@ -1,6 +1,15 @@
 """Cleaning LLM answers into short visual descriptions."""
 
-from freecp.describe.clean import clean_answer, merge_descriptions, parse_answer
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from freecp.dedup import merge_descriptions
+from freecp.describe.clean import MAX_ANSWER_CHARS, clean_answer, parse_answer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_numbered_list_with_chatter_duplicates_and_a_cut_off_end():
@@ -65,3 +74,23 @@ def test_code_and_non_visual_facts_are_dropped():
 def test_merge_keeps_order_and_drops_case_and_punctuation_repeats():
     assert merge_descriptions([["Red fur", "A long tail"], ["red fur.", "Big paws", "a long tail!"]]) == [
         "Red fur", "A long tail", "Big paws"]
+
+
+def _cleaned_in_a_process(answer: str, seconds: float = 120.0) -> list[str]:
+    """``clean_answer`` in a child process: a hang guard, not a speed measurement (the old
+    quadratic regex took minutes here, holding the GIL, so a thread could not time it out)."""
+    script = "import json, sys; from freecp.describe.clean import clean_answer; " \
+             "print(json.dumps(clean_answer(sys.stdin.read())))"
+    proc = subprocess.run([sys.executable, "-c", script], input=answer, capture_output=True, text=True,
+                          timeout=seconds, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_a_300_kb_whitespace_answer_is_cleaned_and_runaway_answers_are_capped():
+    huge = "Pointed ears on top" + " " * 300_000 + "and long white whiskers"
+    assert _cleaned_in_a_process(huge) == []  # cut at the cap: its one line counts as cut off
+    spaced = "Pointed ears on top" + " " * (MAX_ANSWER_CHARS - 100) + "and long white whiskers"
+    assert _cleaned_in_a_process(spaced) == ["Pointed ears on top and long white whiskers"]
+    runaway = "- Soft striped fur\n" + "x" * (MAX_ANSWER_CHARS + 10) + "\n- Long white whiskers\n"
+    assert clean_answer(runaway) == ["Soft striped fur"]  # nothing read past the cap

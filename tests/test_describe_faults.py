@@ -8,8 +8,13 @@ resuming) is tested against ``transformers serve`` in ``test_describe_llm.py``.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +29,7 @@ from freecp.stores.descriptions import SHARD_DIR, DescriptionCache
 from freecp.vocab import load_vocabulary
 
 MODEL = "scripted-model"
+ROOT = Path(__file__).resolve().parent.parent
 Reply = tuple[int, dict[str, str], bytes]
 
 
@@ -39,7 +45,8 @@ GOOD = completion("1. Pointed ears on top\n2. Long white whiskers\n3. Soft strip
 class ScriptedLLM:
     """A fake OpenAI-style server whose chat answers come from ``script(body, call_number)``.
 
-    ``script`` returns (status, headers, body) or the string "hang" (no answer for 5 s).
+    ``script`` returns (status, headers, body), the string "hang" (no answer for 5 s), or
+    ("drip", reply, seconds): the reply's bytes one at a time, ``seconds`` apart.
     """
 
     def __init__(self, script: Callable[[dict, int], Reply | str], owned_by: str = "scripted"):
@@ -65,16 +72,22 @@ class ScriptedLLM:
                 if reply == "hang":
                     time.sleep(5)
                     return
+                if reply[0] == "drip":
+                    self._send(*reply[1], byte_delay=reply[2])
+                    return
                 self._send(*reply)
 
-            def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
+            def _send(self, status: int, headers: dict[str, str], data: bytes, byte_delay: float = 0.0) -> None:
                 try:
                     self.send_response(status)
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    for chunk in [bytes([b]) for b in data] if byte_delay else [data]:  # drip: a byte at a time
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                        time.sleep(byte_delay)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -97,7 +110,7 @@ def asks_about(body: dict, name: str) -> bool:
 
 
 VOCAB = load_vocabulary(["cat", "dog"])
-FAST = dict(per_class=3, max_requests=2, concurrency=4, progress=False, backoff=0.01, retries=2, timeout=2.0)
+FAST = dict(per_class=3, max_requests=2, concurrency=4, progress=False, retries=2, timeout=2.0)
 
 
 @pytest.fixture
@@ -200,3 +213,70 @@ def test_command_exits_non_zero_with_one_message(tmp_path):
                                      str(tmp_path / "cache"), "--max-requests", "1", "--retries", "0"])
     assert failed.exit_code == 1
     assert "classes done: 0/1" in failed.output and "1 classes had failed requests" in failed.output
+
+
+def test_a_server_dripping_its_answer_hits_the_whole_request_deadline(cache: DescriptionCache):
+    # each byte comes well within the timeout, the whole answer (hundreds of bytes) far after it
+    with ScriptedLLM(lambda body, n: ("drip", GOOD, 0.2)) as llm:
+        summary = describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm.url, llm_model=MODEL, cache=cache,
+                                      **{**FAST, "timeout": 1.0, "retries": 0, "max_requests": 1})
+    assert "no answer within 1 s" in summary.failed["cat"]
+
+
+REFUSAL = completion("I'm sorry, but I can't help with that.")
+
+
+def test_refusals_and_empty_answers_are_asked_again_on_the_next_run(cache: DescriptionCache):
+    vocab = load_vocabulary(["cat", "dog"])
+    with ScriptedLLM(lambda body, n: REFUSAL if asks_about(body, "cat") else completion("")) as llm:
+        first = describe_vocabulary(vocab, llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
+    assert first.short == {"cat": (0, first.short["cat"][1]), "dog": (0, first.short["dog"][1])}
+    assert len(DescriptionCache(cache.url).entries()) == 4  # kept, so one can see what the model said
+    with ScriptedLLM(lambda body, n: GOOD) as llm:
+        second = describe_vocabulary(vocab, llm_url=llm.url, llm_model=MODEL, cache=cache.url, **FAST)
+    assert second.requests_sent == 2 and second.cache_hits == 0 and second.classes_done == 2
+    assert set(DescriptionCache(cache.url).descriptions_for(vocab)) == {"cat", "dog"}
+    with ScriptedLLM(lambda body, n: GOOD) as llm:
+        third = describe_vocabulary(vocab, llm_url=llm.url, llm_model=MODEL, cache=cache.url, **FAST)
+    assert third.requests_sent == 0 and len(llm.bodies) == 0  # good answers are reused
+
+
+def test_the_command_names_classes_without_descriptions_and_what_to_do(tmp_path):
+    vocab = tmp_path / "animals.txt"
+    vocab.write_text("cat\ndog\n")
+    with ScriptedLLM(lambda body, n: REFUSAL if asks_about(body, "cat") else GOOD) as llm:
+        result = CliRunner().invoke(app, ["describe", str(vocab), "--llm-url", llm.url, "--llm-model", MODEL,
+                                          "--cache", str(tmp_path / "cache"), "--max-requests", "1",
+                                          "--per-class", "2"])
+    assert "1 classes have no usable description: cat" in result.output
+    assert "--import-json" in result.output and "asks again" in result.output
+
+
+def test_kill_9_loses_at_most_about_a_second_of_answers(tmp_path):
+    """Three answers come at once, then the server goes silent; the run is killed 3 s later."""
+    vocab = tmp_path / "animals.txt"
+    vocab.write_text("cat\ndog\nhorse\n")
+    answered = threading.Event()
+
+    def script(body: dict, number: int):
+        if number <= 3:
+            if number == 3:
+                threading.Timer(0.2, answered.set).start()
+            return GOOD
+        return "hang"
+
+    with ScriptedLLM(script) as llm:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "freecp", "describe", str(vocab), "--llm-url", llm.url, "--llm-model", MODEL,
+             "--cache", str(tmp_path / "cache"), "--per-class", "8", "--max-requests", "4", "--concurrency", "1",
+             "--timeout", "60", "--retries", "0"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert answered.wait(120), "the describe run never got its three answers"
+            time.sleep(3)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(DescriptionCache(tmp_path / "cache").entries()) == 3

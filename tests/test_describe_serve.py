@@ -9,7 +9,8 @@ import pytest
 
 from freecp.describe.client import LLMUnavailableError
 from freecp.describe.prompts import vicuna_template_path
-from freecp.describe.serve import DEFAULT_VLLM_MODEL, SMOLLM2_NAME, server_command
+from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
+from freecp.describe.serve import server_command
 
 
 @pytest.fixture

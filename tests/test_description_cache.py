@@ -107,12 +107,14 @@ def test_unfinished_temporary_files_are_never_read(tmp_path: Path):
     assert [e.key for e in DescriptionCache(tmp_path).entries()] == ["k1"]
 
 
-def test_corrupt_shard_is_a_clear_error(tmp_path: Path):
+def test_corrupt_shard_is_skipped_with_a_warning_that_names_it(tmp_path: Path, caplog):
     cache = DescriptionCache(tmp_path)
-    (tmp_path / SHARD_DIR).mkdir(parents=True)
+    cache.append([entry("k1", "cat", ["Pointed ears"])])
     (tmp_path / SHARD_DIR / "broken.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(DescriptionCacheError, match="broken.parquet"):
-        cache.entries()
+    (tmp_path / SHARD_DIR / "empty.parquet").write_bytes(b"")
+    assert [e.key for e in DescriptionCache(tmp_path).entries()] == ["k1"]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "broken.parquet" in warned and "empty.parquet" in warned and "freecp store check" in warned
 
 
 WRITER = """

@@ -21,7 +21,7 @@ from freecp.evaluate import (
     metrics_from_confusion,
 )
 from freecp.io import read_label_map, write_mask
-from tests.shared_data import VOC_MINI
+from tests.shared_data import VOC_MINI, needs_voc_mini
 
 VOC_GT = VOC_MINI / "SegmentationClass"
 runner = CliRunner()
@@ -192,6 +192,7 @@ def _voc_root(tmp_path: Path, split: list[str]) -> Path:
     return root
 
 
+@needs_voc_mini
 def test_voc_layout_scores_only_the_split(tmp_path: Path) -> None:
     root = _voc_root(tmp_path, ["2011_000003", "2011_000025"])
     pred = tmp_path / "pred"
@@ -234,6 +235,7 @@ def _run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@needs_voc_mini
 def test_eval_command_gt_against_itself_is_perfect() -> None:
     result = _run("eval", VOC_GT, VOC_GT, "--num-classes", "21", "--class-names", "voc21")
     assert result.exit_code == 0, result.stderr
@@ -245,6 +247,7 @@ def test_eval_command_gt_against_itself_is_perfect() -> None:
     assert report["per_class"][1]["IoU"] is None  # no aeroplane anywhere: null, not NaN
 
 
+@needs_voc_mini
 def test_eval_command_on_a_modified_prediction(tmp_path: Path) -> None:
     pred = tmp_path / "pred"
     shutil.copytree(VOC_GT, pred)
@@ -288,6 +291,19 @@ def test_eval_command_reduce_zero_label_flag(tmp_path: Path) -> None:
     assert reduced["aAcc"] == 50.0 and reduced["per_class"][0]["IoU"] == 50.0
 
 
+def test_eval_command_prints_a_per_class_table_beside_the_json(tmp_path: Path) -> None:
+    pred, gt, names = tmp_path / "pred", tmp_path / "gt", tmp_path / "names.txt"
+    _write(gt, "a.png", [[0, 0, 1, 1]], 3)
+    _write(pred, "a.png", [[0, 1, 1, 1]], 3)
+    names.write_text("sky\nroad [paved]\nboat\n")
+    result = _run("eval", pred, gt, "--num-classes", "3", "--class-names", names)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["per_class"][1]["IoU"] == pytest.approx(66.67)  # stdout: only the JSON
+    rows = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[3:6]]
+            for line in result.stderr.splitlines() if line.count("│") == 6 and "class" not in line}
+    assert rows == {"sky": ["50.00", "50.00", "2"], "road [paved]": ["66.67", "100.00", "2"], "boat": ["-", "-", "0"]}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -299,6 +315,7 @@ def test_eval_command_reduce_zero_label_flag(tmp_path: Path) -> None:
         (["eval-dataset", VOC_GT, VOC_MINI, "--dataset", "kitti"], "unknown dataset"),
     ],
 )
+@needs_voc_mini
 def test_commands_fail_with_one_clear_line(tmp_path: Path, args: list, message: str) -> None:
     result = _run(*[str(a).replace("{tmp}", str(tmp_path)) for a in args])
     assert result.exit_code == 1
@@ -307,6 +324,7 @@ def test_commands_fail_with_one_clear_line(tmp_path: Path, args: list, message: 
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
 
+@needs_voc_mini
 def test_eval_dataset_command(tmp_path: Path) -> None:
     root = _voc_root(tmp_path, ["2011_000006"])
     result = _run("eval-dataset", VOC_GT, root, "--dataset", "voc21")

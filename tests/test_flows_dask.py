@@ -8,15 +8,14 @@ point checked is that each worker process loads the model once, however many ima
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from PIL import Image
 
-from flows import segmenters
-from flows.segment import segment_images
+from freecp.flows import segmenters
+from freecp.flows.segment import segment_images
 from freecp.threads import available_cores
-from tests.fixtures_prefect import FLOW_VOCAB, TINY_CLIP, VOC_MINI
+from tests.fixtures_prefect import FLOW_VOCAB, TINY_CLIP, copy_samples
 
 
 def _executed(dask_worker) -> int:
@@ -33,7 +32,7 @@ def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path)
     from distributed import Client, LocalCluster
 
     images, out, store = tmp_path / "images", tmp_path / "out", tmp_path / "store"
-    shutil.copytree(VOC_MINI, images)
+    copy_samples(images)
     for path in sorted(images.iterdir()):  # six distinct images: the originals and their mirrors
         Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images / f"mirrored_{path.name}")
 

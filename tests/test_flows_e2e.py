@@ -3,18 +3,21 @@
 A real ``prefect server start`` (session fixture), ``prefect deploy --all`` from the project's
 ``prefect.yaml``, a process work pool and ``prefect worker start``, then ``prefect deployment run
 --watch`` for a new vocabulary (real LLM server on SmolLM2, CLIP with random weights) and for a
-folder of images (voc-mini). The model has random weights: the test checks that every output
-exists and is consistent, never what the masks show.
+folder of images (the shipped sample photos), through the checkout's ``nightly`` deployment and
+the ``nightly-installed`` one that has no pull step (the worker runs outside the checkout). The
+model has random weights: the test checks that every output exists and is consistent, never
+what the masks show.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
+import time
 import uuid
+from datetime import timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,30 +28,20 @@ from PIL import Image
 from tests.processes import stop_process
 from tests.fixtures_prefect import FLOW_VOCAB as VOCAB
 from tests.fixtures_prefect import TINY_CLIP as TINY
-from tests.fixtures_prefect import VOC_MINI, flow_run_artifacts
+from tests.fixtures_prefect import copy_samples, flow_run_artifacts, prefect_cli
 
-PROJECT = Path(__file__).resolve().parents[1]
-POOL = "freecp"
 SMALL_WINDOWS = {"short_side": 224, "window": 224, "stride": 112}  # fewer windows: this test is about plumbing
 RUN_TIMEOUT = 420
-
-
-def _prefect(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=PROJECT,
-                          capture_output=True, text=True, timeout=timeout)
+SCHEDULE_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def worker(prefect_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    """The work pool, the deployments from prefect.yaml, and a process worker polling the pool."""
-    created = _prefect(["work-pool", "create", POOL, "--type", "process"], prefect_env)
-    assert created.returncode == 0, created.stdout + created.stderr
-    deployed = _prefect(["--no-prompt", "deploy", "--all"], prefect_env, timeout=300)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+def worker(deployed: str, prefect_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """A process worker polling the pool that the project's deployments were deployed to."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {**prefect_env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
     with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", deployed],
                                 env=env, cwd=log.parent, stdout=sink, stderr=subprocess.STDOUT)
     yield log
     stop_process(proc)
@@ -56,8 +49,8 @@ def worker(prefect_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 
 def _run_deployment(name: str, params: dict, env: dict[str, str], worker_log: Path) -> tuple[uuid.UUID, int]:
     """``prefect deployment run NAME --params ... --watch``: the flow run's id and the exit code."""
-    result = _prefect(["deployment", "run", name, "--params", json.dumps(params), "--watch",
-                       "--watch-timeout", str(RUN_TIMEOUT)], env, timeout=RUN_TIMEOUT + 60)
+    result = prefect_cli(["deployment", "run", name, "--params", json.dumps(params), "--watch",
+                          "--watch-timeout", str(RUN_TIMEOUT)], env, timeout=RUN_TIMEOUT + 60)
     found = re.search(r"UUID: ([0-9a-f-]{36})", result.stdout)
     assert found, result.stdout + result.stderr
     if result.returncode != 0:
@@ -87,7 +80,7 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     from freecp.vocab import load_vocabulary
 
     cache, store, out, images = (tmp_path / n for n in ("cache", "store", "out", "images"))
-    shutil.copytree(VOC_MINI, images)
+    names = copy_samples(images)
     vocabulary = load_vocabulary(VOCAB)
 
     # --- a new vocabulary: describe with the real LLM server, encode with CLIP (random weights)
@@ -113,15 +106,17 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     encode_md = flow_run_artifacts(children["encode-vocabulary"])["encode-vocabulary-summary"].data
     assert "describe-vocabulary: inline" in describe_md
     assert model.model_key in encode_md
+    build_artifacts = flow_run_artifacts(build_id)  # the parent run carries both steps' summaries
+    assert build_artifacts["describe-vocabulary-summary"].data == describe_md
+    assert build_artifacts["encode-vocabulary-summary"].data == encode_md
 
     # --- the nightly deployment over a folder of images
     nightly = {"images": str(images), "vocab": VOCAB, "out": str(out), "store": str(store),
                "no_encode": True, **TINY, **SMALL_WINDOWS}
     first_id, code = _run_deployment("segment-images/nightly", nightly, prefect_env, worker)
     assert code == 0
-    names = sorted(p.stem for p in images.iterdir())
     for name in names:
-        mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+        mask = np.asarray(Image.open(out / "masks" / f"{name}.jpg.png"))
         assert mask.shape == np.asarray(Image.open(images / f"{name}.jpg")).shape[:2]
         assert mask.max() < len(vocabulary)
     records = pq.read_table(out / "records.parquet").to_pylist()
@@ -143,13 +138,34 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     assert _table(artifacts["segment-images-records"]) == []
     assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} == mask_times
 
-    # --- a new image arrives: exactly that one is done
+    # --- a new image arrives: exactly that one is done, by the deployment that needs no checkout
     Image.open(images / f"{names[0]}.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images / "new_arrival.jpg")
-    third_id, code = _run_deployment("segment-images/nightly", nightly, prefect_env, worker)
+    third_id, code = _run_deployment("segment-images/nightly-installed", nightly, prefect_env, worker)
     assert code == 0
     artifacts = flow_run_artifacts(third_id)
     assert "| 4 | 1 | 3 | 0 |" in artifacts["segment-images-summary"].data
     assert [Path(row["path"]).name for row in _table(artifacts["segment-images-records"])] == ["new_arrival.jpg"]
-    assert (out / "masks" / "new_arrival.png").is_file()
-    assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir() if p.name != "new_arrival.png"} == mask_times
+    assert (out / "masks" / "new_arrival.jpg.png").is_file()
+    assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir() if p.name != "new_arrival.jpg.png"} == mask_times
     assert len(pq.read_table(out / "records.parquet")) == 4
+
+
+def test_the_nightly_cron_schedule_creates_scheduled_runs(deployed: str, prefect_api: str) -> None:
+    """The scheduler service of a real server turns the deployed cron into scheduled runs (with
+    SQLAlchemy 2.1 Prefect 3.8's scheduler fails every loop and creates none: hence the cap)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("segment-images/nightly")
+        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+        deadline = time.monotonic() + SCHEDULE_TIMEOUT
+        while True:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])))
+            scheduled = [r for r in runs if r.state is not None and r.state.is_scheduled()]
+            if scheduled or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert scheduled, f"no scheduled runs of segment-images/nightly within {SCHEDULE_TIMEOUT} s"
+    times = {r.expected_start_time.astimezone(timezone.utc) for r in scheduled}
+    assert all((t.hour, t.minute) == (2, 0) for t in times) and len(times) == len(scheduled)

@@ -21,8 +21,8 @@ from freecp.io import (
     write_mask,
     write_overlay,
 )
-from freecp.stores.fs import TEMP_PREFIX
-from tests.shared_data import VOC_MINI
+from freecp.files import TEMP_PREFIX
+from tests.shared_data import VOC_MINI, needs_voc_mini
 
 VOC_GT = VOC_MINI / "SegmentationClass"
 LIMIT = 10_000_000
@@ -194,6 +194,7 @@ def test_image_at_the_limit_is_accepted(tmp_path: Path) -> None:
         read_image(tmp_path / "ok.png", 99)
 
 
+@needs_voc_mini
 def test_palette_matches_the_one_in_voc_annotations() -> None:
     colours = palette(256)
     with Image.open(VOC_GT / "2011_000003.png") as gt:
@@ -204,6 +205,7 @@ def test_palette_matches_the_one_in_voc_annotations() -> None:
     assert len({tuple(c) for c in palette(1000)}) == 1000
 
 
+@needs_voc_mini
 def test_read_label_map_gives_indices_not_colours() -> None:
     labels = read_label_map(VOC_GT / "2011_000003.png")
     assert labels.shape == (338, 500)
@@ -261,14 +263,39 @@ def test_write_overlay_blends_image_and_class_colours(tmp_path: Path) -> None:
     assert out[8, 13].tolist() == pytest.approx([164, 100, 100], abs=8)
 
 
+def test_overlay_legend_shows_the_colour_of_each_class_present(tmp_path: Path) -> None:
+    image = np.full((40, 200, 3), 200, dtype=np.uint8)
+    labels = np.zeros((40, 200), dtype=np.int64)
+    labels[:, 100:] = 15  # person: (192, 128, 128); classes 1..14 are absent
+    names = ["background", *[f"absent {i}" for i in range(1, 15)], "person"]
+    write_overlay(tmp_path / "x.jpg", image, labels, 21, alpha=0.5, class_names=names + ["x"] * 5)
+    with Image.open(tmp_path / "x.jpg") as written:
+        out = np.asarray(written.convert("RGB")).astype(int)
+    assert out.shape[0] > 40 and out.shape[1] == 200  # the legend is a strip under the image
+    legend = out[40:]
+    colours = palette(21)
+
+    def shows(colour: np.ndarray) -> bool:  # a swatch: a block of pixels of that colour (JPEG-close)
+        return int((np.abs(legend - colour.astype(int)).max(axis=2) <= 12).sum()) >= 50
+
+    assert shows(colours[0]) and shows(colours[15])
+    assert not shows(colours[1]) and not shows(colours[14])
+    plain = tmp_path / "plain.jpg"
+    write_overlay(plain, image, labels, 21, alpha=0.5)
+    with Image.open(plain) as written:
+        assert written.size == (200, 40)  # no names, no legend
+
+
 def test_write_overlay_refuses_mismatched_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not match"):
         write_overlay(tmp_path / "x.jpg", _rgb(8, 8), np.zeros((8, 9), dtype=np.int64), 2)
 
 
-def test_safe_output_path_replaces_the_extension(tmp_path: Path) -> None:
-    assert safe_output_path(tmp_path, "a/b/photo.jpeg", ".png") == tmp_path / "a" / "b" / "photo.png"
-    assert safe_output_path(tmp_path, Path("x.tif"), ".jpg") == tmp_path / "x.jpg"
+def test_safe_output_path_keeps_the_whole_name(tmp_path: Path) -> None:
+    assert safe_output_path(tmp_path, "a/b/photo.jpeg", ".png") == tmp_path / "a" / "b" / "photo.jpeg.png"
+    assert safe_output_path(tmp_path, Path("x.tif"), ".jpg") == tmp_path / "x.tif.jpg"
+    # a.jpg and a.png in one folder: distinct inputs, distinct outputs
+    assert safe_output_path(tmp_path, "a.jpg", ".png") != safe_output_path(tmp_path, "a.png", ".png")
 
 
 @pytest.mark.parametrize("relative", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "/tmp/x.png", ".."])
@@ -286,4 +313,4 @@ def test_safe_output_path_refuses_symlinks_leading_out(tmp_path: Path) -> None:
         safe_output_path(out, "link/x.jpg", ".png")
     (out / "inner").mkdir()
     (out / "ok").symlink_to(out / "inner", target_is_directory=True)
-    assert safe_output_path(out, "ok/x.jpg", ".png") == out / "ok" / "x.png"
+    assert safe_output_path(out, "ok/x.jpg", ".png") == out / "ok" / "x.jpg.png"

@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 
 from freecp.cli import app
 from freecp.io import read_label_map
-from tests.shared_data import VOC_MINI
+from freecp.resources import sample_images
 
 TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
+SAMPLES = sample_images()  # the three shipped photos
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +35,24 @@ def run(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_voc_mini_gives_masks_overlays_and_records(tmp_path, store):
+def test_sample_photos_give_masks_overlays_with_legends_and_records(tmp_path, store):
     out = tmp_path / "out"
-    result = run("segment", VOC_MINI / "JPEGImages", "--vocab", "voc21", "--out", out, "--store", store,
+    result = run("segment", SAMPLES, "--vocab", "voc21", "--out", out, "--store", store,
                  *TINY, "--rp-threshold", "0.03", "--ap-threshold", "0.5")
     assert result.exit_code == 0, result.output
     records = pd.read_parquet(out / "records.parquet")
-    assert sorted(records.path) == ["2011_000003.jpg", "2011_000006.jpg", "2011_000025.jpg"]
+    assert sorted(records.path) == ["astronaut.jpg", "cat.jpg", "coffee.jpg"]
     assert set(records.status) == {"done"}
     for row in records.itertuples():
-        source = Image.open(VOC_MINI / "JPEGImages" / row.path)
+        source = Image.open(SAMPLES / row.path)
         mask = Image.open(out / row.mask)
         assert mask.mode == "P" and mask.size == source.size == (row.width, row.height)
         labels = read_label_map(out / row.mask)
         assert labels.max() < 21
         names = load_names()
         assert sorted(row.classes_present) == sorted(names[i] for i in np.unique(labels))
-        assert Image.open(out / row.overlay).size == source.size
+        overlay = Image.open(out / row.overlay)  # the image, then a legend strip under it
+        assert overlay.width == source.width and overlay.height > source.height
         assert len(dict(row.rp_scores)) == 20  # every foreground class has a score
         assert set(row.removed_classes).isdisjoint(row.classes_present)
     assert "classes found most often" in result.output
@@ -65,7 +67,7 @@ def load_names():
 def test_rerun_does_nothing_and_a_lost_output_is_redone(tmp_path, store):
     out = tmp_path / "out"
     images = tmp_path / "images"
-    shutil.copytree(VOC_MINI / "JPEGImages", images)
+    shutil.copytree(SAMPLES, images)
     args = ("segment", images, "--vocab", "voc21", "--out", out, "--store", store, *TINY)
     assert run(*args).exit_code == 0
     first = pd.read_parquet(out / "records.parquet")
@@ -74,15 +76,15 @@ def test_rerun_does_nothing_and_a_lost_output_is_redone(tmp_path, store):
     assert set(pd.read_parquet(out / "records.parquet").status) == {"done"}
     assert "│ 3      │ 0    │ 3" in again.output  # 3 images, 0 done, 3 skipped
     # a run killed halfway: one record and its mask never written; the new image is done too
-    (out / ".records" / "2011_000006.jpg.json").unlink()
-    shutil.copy(images / "2011_000003.jpg", images / "copy.jpg")
+    (out / ".records" / "cat.jpg.json").unlink()
+    shutil.copy(images / "astronaut.jpg", images / "copy.jpg")
     third = run(*args)
     assert third.exit_code == 0
     assert "│ 4      │ 2    │ 2" in third.output
     final = pd.read_parquet(out / "records.parquet")
     assert len(final) == 4
-    same = final.set_index("path").loc["2011_000003.jpg", "content_hash"]
-    assert same == first.set_index("path").loc["2011_000003.jpg", "content_hash"]
+    same = final.set_index("path").loc["astronaut.jpg", "content_hash"]
+    assert same == first.set_index("path").loc["astronaut.jpg", "content_hash"]
     # changed settings make every image out of date
     changed = run(*args, "--scope", "image")
     assert "│ 4      │ 4    │ 0" in changed.output
@@ -128,7 +130,7 @@ def test_odd_images_work_and_bad_ones_are_recorded_while_the_run_goes_on(tmp_pat
         row = records.loc[path]
         if size is None:
             assert row.status == "failed" and row.error, path
-            assert not (out / "masks" / Path(path).with_suffix(".png")).exists()
+            assert not (out / "masks" / f"{path}.png").exists()
         else:
             assert row.status == "done", (path, row.error)
             assert Image.open(out / row["mask"]).size == size, path
@@ -136,18 +138,25 @@ def test_odd_images_work_and_bad_ones_are_recorded_while_the_run_goes_on(tmp_pat
     assert "failed" in result.output and "truncated.jpg" in result.output
 
 
-def test_outputs_never_leave_the_output_folder(tmp_path, store):
+def test_symlinks_leading_out_are_not_followed_unless_asked_and_outputs_stay_inside(tmp_path, store):
     outside = tmp_path / "outside.jpg"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(outside)
     images = tmp_path / "images"
     images.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(images / "own.png")
     (images / "link.jpg").symlink_to(outside)
+    (images / "inside.png").symlink_to(images / "own.png")  # a link within the folder is just a file
     out = tmp_path / "out"
-    assert run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY).exit_code == 0
+    default = run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY)
+    assert default.exit_code == 0, default.output
+    assert sorted(pd.read_parquet(out / "records.parquet").path) == ["inside.png", "own.png"]
+    assert "1 symlinks lead outside" in default.output and "link.jpg" in default.output
+    followed = run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY, "--follow-symlinks")
+    assert followed.exit_code == 0, followed.output
     written = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()} - {outside.resolve()}
     assert all(out.resolve() in p.parents or images.resolve() in p.parents
                or Path(store).resolve() in p.parents for p in written)
-    assert (out / "masks" / "link.png").is_file()
+    assert (out / "masks" / "link.jpg.png").is_file()
 
 
 def test_user_errors_are_one_clear_line(tmp_path, store):
@@ -159,14 +168,14 @@ def test_user_errors_are_one_clear_line(tmp_path, store):
     bad_vocab.write_text("cat\n\ndog\n")
     result = run("segment", empty, "--vocab", bad_vocab, "--out", tmp_path / "o", "--store", store, *TINY)
     assert result.exit_code == 2 and "line 2: blank line" in result.output
-    result = run("segment", VOC_MINI / "JPEGImages", "--vocab", "voc20", "--out", tmp_path / "o",
+    result = run("segment", SAMPLES, "--vocab", "voc20", "--out", tmp_path / "o",
                  "--store", tmp_path / "fresh-store", "--no-encode", *TINY)
     assert result.exit_code == 2 and "freecp encode" in result.output
 
 
 def test_offline_default_weights_fail_with_one_message_and_no_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "freecp", "segment", str(VOC_MINI / "JPEGImages"),
+    proc = subprocess.run([sys.executable, "-m", "freecp", "segment", str(SAMPLES),
                            "--vocab", "voc21", "--out", str(tmp_path / "o"), "--store", str(tmp_path / "s")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2

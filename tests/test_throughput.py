@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.segmenters import device_for_worker
+from freecp.flows.segmenters import device_for_worker
 from freecp.pipeline import segment_folder
 from freecp.prefetch import WriteBehind, read_ahead
 from freecp.segmenter import Segmenter
@@ -100,7 +100,8 @@ def test_read_ahead_and_batching_write_the_same_files(tiny_backbone, tiny_voc21_
         summary = segment_folder(segmenter, folder, tmp_path / name, progress=False)
         assert [r.status for r in summary.records] == ["failed", "done", "done", "done", "done"]
         runs[name] = run_outputs(tmp_path / name)
-    assert len(runs["in turn"]) == 2 * 4 + 5  # masks and overlays of 4 images, 5 records
+    # masks and overlays of 4 images, 5 records, the layout marker
+    assert len(runs["in turn"]) == 2 * 4 + 5 + 1
     assert runs["read ahead"] == runs["in turn"]
     assert runs["batched"] == runs["in turn"]
 
@@ -190,8 +191,10 @@ def test_bf16_autocast_runs_on_the_cpu_and_fp32_stays_the_default(tiny_backbone,
 def test_run_only_settings_leave_the_settings_hash_alone():
     plain = settings_for("voc21")
     assert plain.replace(batch_images=8, prefetch=0, window_batch=2).content_hash == plain.content_hash
-    with pytest.raises(ValueError, match="batch_images"):
+    with pytest.raises(ValueError, match="batch-images"):
         settings_for("voc21", batch_images=0)
+    with pytest.raises(ValueError, match="prefetch"):
+        settings_for("voc21", prefetch=-1)
 
 
 def test_the_cli_takes_the_throughput_options_and_reports_its_threads(tmp_path):

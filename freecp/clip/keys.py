@@ -12,14 +12,9 @@ import hashlib
 from pathlib import Path
 
 from freecp.clip.errors import WeightsUnavailableError
+from freecp.weights import is_random
 
-RANDOM_TAGS = (None, "", "none", "random")
 HASH_CHUNK = 1 << 20
-
-
-def is_random(pretrained: str | None) -> bool:
-    """Whether a pretrained tag asks for random weights."""
-    return pretrained in RANDOM_TAGS
 
 
 def model_key(model_name: str, pretrained: str | None = "openai", checkpoint: str | Path | None = None,

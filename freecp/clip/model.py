@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from freecp.clip.errors import WeightsUnavailableError
-from freecp.clip.keys import RANDOM_TAGS, model_key
+from freecp.clip.keys import is_random, model_key
+from freecp.resources import MODEL_CONFIGS, shipped
 
-open_clip.add_model_config(Path(__file__).parent / "model_configs")
+open_clip.add_model_config(shipped(MODEL_CONFIGS))
 
 NACLIP_GAUSSIAN_STD = 5.0  # patches
 
@@ -240,7 +241,7 @@ def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai
     if checkpoint is not None:
         key = model_key(model_name, checkpoint=checkpoint)  # refuses a missing file
         model = _create(model_name, str(Path(checkpoint).expanduser()))
-    elif pretrained in RANDOM_TAGS:
+    elif is_random(pretrained):
         warnings.warn("CLIP weights are RANDOM (--pretrained none): segmentations are meaningless; "
                       "use this only for tests and plumbing checks", stacklevel=2)
         with torch.random.fork_rng():
@@ -263,10 +264,11 @@ def _create(model_name: str, pretrained: str) -> open_clip.CLIP:
     except Exception as err:  # open_clip wraps download and file errors in RuntimeError or raises OSError
         raise WeightsUnavailableError(
             f"could not load CLIP weights {model_name}/{pretrained} "
-            f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).\nOffline? Download the checkpoint on a machine with "
-            f"internet (for example open_clip.create_model('{model_name}', pretrained='{pretrained}') "
-            f"fills the Hugging Face cache, or fetch the .bin/.pt file) and pass it with "
-            f"--clip-checkpoint FILE; or use --pretrained none for random weights (tests only)."
+            f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).",
+            f"Offline? Download the checkpoint on a machine with internet (for example "
+            f"open_clip.create_model('{model_name}', pretrained='{pretrained}') fills the Hugging Face cache, "
+            f"or fetch the .bin/.pt file) and pass it with {{checkpoint}}; "
+            f"or use {{random}} for random weights (tests only).",
         ) from None
 
 

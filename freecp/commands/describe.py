@@ -8,23 +8,21 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from freecp.describe.batch import BatchFormatError, export_batch, import_batch
-from freecp.describe.client import LLMError
-from freecp.describe.convert import ConversionError
-from freecp.describe.prompts import PROMPT_SET, PromptError
-from freecp.describe.run import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DescribeSummary, describe_vocabulary
-from freecp.describe.serve import DEFAULT_VLLM_MODEL, SMOLLM2_NAME, LocalServer, models_dir, server_command
-from freecp.stores.descriptions import DescriptionCache
-from freecp.stores.fs import StoreError
-from freecp.vocab import Vocabulary, VocabularyError, load_vocabulary
+from freecp.defaults import DEFAULT_CACHE, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL, PROMPT_SET, SMOLLM2_NAME
 
-USER_ERRORS = (VocabularyError, LLMError, StoreError, BatchFormatError, PromptError, ConversionError, ValueError)
+if TYPE_CHECKING:
+    from freecp.describe.run import DescribeSummary
+    from freecp.stores.descriptions import DescriptionCache
+    from freecp.vocab import Vocabulary
+
+# The library (pyarrow, the LLM client) is imported inside the commands, so `--help` and a
+# mistyped option answer at once.
 out = Console(soft_wrap=True)  # user text (names, paths) is printed as is
 err = Console(stderr=True, soft_wrap=True)
 
@@ -41,10 +39,18 @@ def register(app: typer.Typer) -> None:
 def _user_errors() -> Iterator[None]:
     """One clear message and a non-zero exit for anything the user can fix; SIGTERM acts like Ctrl-C
     so a local server started for the command is stopped, not orphaned."""
+    from freecp.describe.batch import BatchFormatError
+    from freecp.describe.client import LLMError
+    from freecp.describe.convert import ConversionError
+    from freecp.describe.prompts import PromptError
+    from freecp.stores.fs import StoreError
+    from freecp.vocab import VocabularyError
+
+    user_errors = (VocabularyError, LLMError, StoreError, BatchFormatError, PromptError, ConversionError, ValueError)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield
-    except USER_ERRORS as error:
+    except user_errors as error:
         err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -67,12 +73,12 @@ def describe(
         envvar="FREECP_LLM_MODEL", help=f"Model name to request (default {DEFAULT_VLLM_MODEL}); "
         f"without vLLM use {SMOLLM2_NAME} or a local model folder.")] = None,
     cache: Annotated[str, typer.Option(
-        envvar="FREECP_CACHE", help="Store root: a directory or s3://bucket/prefix.")] = "cache",
+        envvar="FREECP_CACHE", help="Store root: a directory or s3://bucket/prefix.")] = DEFAULT_CACHE,
     per_class: Annotated[int, typer.Option(min=1, help="Descriptions wanted per class.")] = 20,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = DEFAULT_TEMPERATURE,
     max_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit per request.")] = DEFAULT_MAX_TOKENS,
-    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for one answer.")] = 300.0,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one request may take in all (connecting, waiting, reading).")] = 300.0,
     max_requests: Annotated[int | None, typer.Option(min=1, help="Request limit per class.")] = None,
     retries: Annotated[int, typer.Option(
         min=0, help="Retries of a request after a connection error, timeout, 429 or 5xx.")] = 4,
@@ -87,9 +93,9 @@ def describe(
     import_batch_from: Annotated[Path | None, typer.Option(
         "--import-batch", help="Store the answers of a `vllm run-batch` output file.")] = None,
     export_json: Annotated[Path | None, typer.Option(
-        help="Write {class: [descriptions]} (of VOCAB, or of all classes) to this file.")] = None,
+        help=escape("Write {class: [descriptions]} (of VOCAB, or of all classes) to this file."))] = None,
     import_json: Annotated[Path | None, typer.Option(
-        help="Read reviewed {class: [descriptions]} from this file; they replace the generated ones.")] = None,
+        help=escape("Read reviewed {class: [descriptions]} from this file; they replace the generated ones."))] = None,
     compact: Annotated[bool, typer.Option(help="Merge the cache's shards into one.")] = False,
 ) -> None:
     """Write visual descriptions of every class with an LLM, sending only what the cache lacks."""
@@ -99,6 +105,10 @@ def describe(
     if len(chosen) > 1:
         err.print(f"[red]error:[/] {' and '.join(chosen)} cannot be combined")
         raise typer.Exit(2)
+    from freecp.describe.run import describe_vocabulary
+    from freecp.stores.descriptions import DescriptionCache
+    from freecp.vocab import load_vocabulary
+
     with _user_errors():
         store = DescriptionCache(cache)
         if show:
@@ -134,11 +144,15 @@ def describe(
 
 def _export_batch(vocabulary: Vocabulary, path: Path, store: DescriptionCache, model: str, structured: bool,
                   plan_options: dict) -> None:
+    from freecp.describe.batch import export_batch
+
     count = export_batch(vocabulary, path, cache=store, llm_model=model, structured=structured, **plan_options)
     out.print(f"wrote {count} requests to {path}" + ("" if count else " (the cache already holds everything)"))
 
 
 def _import_batch(vocabulary: Vocabulary, path: Path, store: DescriptionCache, model: str, plan_options: dict) -> None:
+    from freecp.describe.batch import import_batch
+
     result = import_batch(vocabulary, path, cache=store, llm_model=model, **plan_options)
     out.print(f"imported {result.imported} answers ({result.already_cached} already cached, "
               f"{result.unmatched} not from this vocabulary and settings, {len(result.failed)} failed)")
@@ -169,6 +183,10 @@ def _print_summary(summary: DescribeSummary, per_class: int) -> None:
                   "(purification falls back to the class name only for a class with none):")
         for name, (count, reason) in sorted(summary.short.items()):
             out.print(f"  {name}: {count} ({reason})")
+    if lacking := sorted(name for name, (count, _) in summary.short.items() if count == 0):
+        out.print(f"{len(lacking)} classes have no usable description: {', '.join(lacking)}. Purification "
+                  "scores them by class name. The next run asks again; if the model keeps refusing, try "
+                  "another --llm-model or write descriptions yourself and add them with --import-json FILE.")
     if summary.failed:
         err.print(f"[red]{len(summary.failed)} classes had failed requests[/] (run again to retry them)")
 
@@ -190,6 +208,9 @@ def serve(
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 900.0,
 ) -> None:
     """Start an OpenAI-compatible LLM server (vLLM, or transformers serve on CPU) until Ctrl-C."""
+    from freecp.describe.client import LLMError
+    from freecp.describe.serve import LocalServer, models_dir, server_command
+
     with _user_errors():
         folder = (models or models_dir()) / SMOLLM2_NAME
         command = server_command(model, vllm_bin=vllm_bin, host=host, port=port or None, folder=folder,

@@ -10,11 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from freecp.stores.fs import StoreError
-from freecp.vocab import load_vocabulary
+from freecp.commands import store_check
+from freecp.commands.progress import progress_bars
 
-# torch and open_clip are imported inside the commands, so `freecp --help` and the other
-# commands start without paying for them.
+# The library (torch, open_clip, pyarrow) is imported inside the commands, so `freecp --help`
+# and a mistyped option answer at once.
 
 StoreUrl = Annotated[str, typer.Argument(help="Store root: a local directory or s3://bucket/prefix.")]
 VocabArg = Annotated[str, typer.Argument(help="A shipped vocabulary name (voc21, ade150, ...) or a file.")]
@@ -28,6 +28,7 @@ store_app = typer.Typer(help="Look into and maintain an embedding store.", no_ar
 def _user_errors() -> Iterator[None]:
     """Turn expected failures (bad input, unreachable store, missing weights) into one message."""
     from freecp.clip import WeightsUnavailableError
+    from freecp.stores.fs import StoreError
 
     try:
         yield
@@ -61,11 +62,12 @@ def encode(
     Only texts the store lacks are encoded; a class shared with another vocabulary is reused.
     """
     from freecp.encoding import encode_vocabulary
+    from freecp.vocab import load_vocabulary
 
-    with _user_errors():
+    with _user_errors(), progress_bars(progress) as on_progress:
         summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
                                     clip_checkpoint=clip_checkpoint, descriptions=descriptions,
-                                    device=device, progress=progress, batch_size=batch_size)
+                                    device=device, on_progress=on_progress, batch_size=batch_size)
     typer.echo(summary.line())
 
 
@@ -99,6 +101,7 @@ def store_ls(url: StoreUrl) -> None:
 def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None) -> None:
     """Show a vocabulary's coverage per model: encoded names, classes with and without descriptions."""
     from freecp.stores.embeddings import EmbeddingStore
+    from freecp.vocab import load_vocabulary
 
     with _user_errors():
         store = EmbeddingStore(url)
@@ -141,4 +144,5 @@ def store_compact(url: StoreUrl, model_key: ModelKeyOpt = None) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``encode`` and the ``store`` group to the app."""
     app.command(name="encode")(encode)
+    store_check.register(store_app)
     app.add_typer(store_app, name="store")

@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from freecp.evaluate import (
     DATASET_LAYOUTS,
@@ -102,5 +104,23 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
 
 
 def _print(result: dict) -> None:
-    """JSON on stdout, numbers rounded as mmseg prints them, NaN as null."""
-    typer.echo(json.dumps(rounded_for_json(result), indent=2, ensure_ascii=False))
+    """JSON on stdout, numbers rounded as mmseg prints them, NaN as null; the same numbers as a
+    per-class table on stderr, for a person (stdout stays pure JSON)."""
+    rounded = rounded_for_json(result)
+    typer.echo(json.dumps(rounded, indent=2, ensure_ascii=False))
+    _stderr.print(_class_table(rounded))
+
+
+def _class_table(result: dict) -> Table:
+    """One row per class (IoU and Acc in percent, "-" where the ground truth never has the class)."""
+    table = Table(title=f"mIoU {_cell(result['mIoU'])}   mAcc {_cell(result['mAcc'])}   aAcc {_cell(result['aAcc'])}")
+    for header in ("#", "class", "IoU", "Acc", "pixels"):
+        table.add_column(header, justify="left" if header == "class" else "right")
+    for row in result["per_class"]:
+        table.add_row(str(row["index"]), escape(str(row["name"])), _cell(row["IoU"]), _cell(row["Acc"]),
+                      str(row["pixels"]))
+    return table
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, get_type_hints
 import typer
 from rich.console import Console
 
+from freecp.commands.progress import progress_bars
+from freecp.defaults import DEFAULT_STORE
 from freecp.settings import PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
 from freecp.weights import Weights
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from freecp.segmenter import Segmenter
     from freecp.vocab import Vocabulary
 
-DEFAULT_STORE = os.environ.get("FREECP_STORE", "cache/store")
 
 Model = Annotated[str, typer.Option("--model", help="open_clip model name.")]
 Pretrained = Annotated[str, typer.Option("--pretrained", help="open_clip pretrained tag, or 'none' for random weights.")]
@@ -38,6 +38,8 @@ ApThreshold = Annotated[Optional[float], typer.Option("--ap-threshold", help="Ov
 ScFormula = Annotated[
     Optional[str], typer.Option("--sc-formula", help="Self-consistency: 'half-dice' (reference) or 'soft-iou'.")
 ]
+BoxRule = Annotated[Optional[str], typer.Option(
+    "--box-rule", help="AP crop boxes: one per 'contours' (reference, hole borders too) or per 'components'.")]
 ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Resize the short side to this many pixels.")]
 Window = Annotated[Optional[int], typer.Option("--window", help="Sliding-window size in pixels.")]
 Stride = Annotated[Optional[int], typer.Option("--stride", help="Sliding-window stride in pixels.")]
@@ -74,6 +76,7 @@ class SegmentationOptions:
     rp_threshold: RpThreshold = None
     ap_threshold: ApThreshold = None
     sc_formula: ScFormula = None
+    box_rule: BoxRule = None
     short_side: ShortSide = None
     window: Window = None
     stride: Stride = None
@@ -103,11 +106,12 @@ class SegmentationOptions:
 
         apply_thread_policy(segmenters=1)
         weights = self.weights
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), progress_bars() as on_progress:
             warnings.simplefilter("ignore")  # the random-weights warning is printed once, below
             segmenter = build_segmenter(vocabulary, model=weights.model, pretrained=weights.pretrained,
                                         clip_checkpoint=weights.checkpoint, store=self.store, device=self.device,
-                                        settings=settings, encode_missing=not self.no_encode)
+                                        settings=settings, encode_missing=not self.no_encode,
+                                        on_progress=on_progress)
         if weights.random:
             console.print("[yellow]warning: random CLIP weights: the masks are meaningless (tests only)[/]")
         return segmenter

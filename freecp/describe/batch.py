@@ -17,7 +17,7 @@ from pathlib import Path
 from freecp.describe.client import ChatAnswer, LLMRequestError, answer_from_body, chat_body
 from freecp.describe.plan import PlannedRequest, build_plans, make_entry
 from freecp.stores.descriptions import SOURCE_BATCH, DescriptionCache
-from freecp.stores.fs import atomic_write
+from freecp.files import atomic_write
 from freecp.vocab import Vocabulary
 
 CHAT_ENDPOINT = "/v1/chat/completions"

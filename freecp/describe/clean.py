@@ -2,8 +2,9 @@
 
 Answers arrive as a JSON list (structured output, or a model that followed the JSON prompt), a
 numbered or bulleted list, or plain prose; small models add chatter, repeat themselves and get
-cut off at ``max_tokens``. ``parse_answer`` splits any of these into candidate items and
-``clean_items`` keeps only the ones worth a text embedding. The rules are versioned so a cache
+cut off at ``max_tokens``. Work is linear in the answer's length and capped at
+``MAX_ANSWER_CHARS``, as answers come from a server nobody controls. ``parse_answer`` splits any
+of these into candidate items and ``clean_items`` keeps only the ones worth a text embedding. The rules are versioned so a cache
 entry records which rules produced its descriptions (the raw answer is kept for re-cleaning).
 """
 
@@ -12,11 +13,14 @@ from __future__ import annotations
 import json
 import re
 
+from freecp.dedup import comparison_key
+
 CLEANING_VERSION = "1"
 MIN_CHARS = 8
 MIN_WORDS = 2
 MAX_CHARS = 200
 MAX_WORDS = 35
+MAX_ANSWER_CHARS = 20_000  # far more than max_tokens allows; beyond it an answer is runaway output
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*|```")
 _MARKER = re.compile(r"^\s*(?:[-*•·–—>]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)](?=\s)|#+)\s*")
@@ -46,7 +50,10 @@ def parse_answer(text: str, truncated: bool = False) -> list[str]:
     stopped at ``max_tokens``) the last line, or the last sentence of a one-line answer, is
     dropped, as it was probably cut off.
     """
-    body = _FENCE.sub("\n", text or "")
+    text = text or ""
+    if len(text) > MAX_ANSWER_CHARS:  # bound the work; what is cut is treated like a cut-off answer
+        text, truncated = text[:MAX_ANSWER_CHARS], True
+    body = _FENCE.sub("\n", text)
     items = _json_items(body)
     if items is not None:
         return items
@@ -62,15 +69,15 @@ def parse_answer(text: str, truncated: bool = False) -> list[str]:
 
 def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str]:
     """Normalise items and drop chatter, refusals, non-visual facts, duplicates and bad lengths."""
-    names = {_key(n) for n in class_names}
-    names |= {_key(f"{article} {n}") for n in class_names for article in ("a", "an", "the")}
+    names = {comparison_key(n) for n in class_names}
+    names |= {comparison_key(f"{article} {n}") for n in class_names for article in ("a", "an", "the")}
     kept: list[str] = []
     seen: set[str] = set()
     for item in items:
         if str(item).rstrip().endswith(":"):  # a heading such as "Colours:" introduces items
             continue
         text = _normalise(item)
-        key = _key(text)
+        key = comparison_key(text)
         if not key or key in seen or key in names or not _acceptable(text):
             continue
         seen.add(key)
@@ -81,19 +88,6 @@ def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str
 def clean_answer(text: str, class_names: tuple[str, ...] = (), truncated: bool = False) -> list[str]:
     """``parse_answer`` then ``clean_items``: the descriptions one answer contributes."""
     return clean_items(parse_answer(text, truncated=truncated), class_names)
-
-
-def merge_descriptions(lists: list[list[str]]) -> list[str]:
-    """Concatenate description lists in order, dropping case/punctuation-insensitive repeats."""
-    merged: list[str] = []
-    seen: set[str] = set()
-    for descriptions in lists:
-        for text in descriptions:
-            key = _key(text)
-            if key and key not in seen:
-                seen.add(key)
-                merged.append(text)
-    return merged
 
 
 def _json_items(body: str) -> list[str] | None:
@@ -112,7 +106,8 @@ def _json_items(body: str) -> list[str] | None:
 
 
 def _split_line(line: str) -> list[str]:
-    pieces = _INLINE_NUMBER.split(line.strip()) if line.strip() else []
+    line = " ".join(line.split())  # single spaces: the splitting patterns below stay linear
+    pieces = _INLINE_NUMBER.split(line) if line else []
     out: list[str] = []
     for piece in pieces:
         piece = _MARKER.sub("", piece, count=1).strip()
@@ -140,7 +135,3 @@ def _acceptable(text: str) -> bool:
     if sum(ch.isalpha() for ch in text) < len(text) / 2:
         return False
     return not (_CHATTER.search(text) or _NON_VISUAL.search(text) or _CODE.search(text))
-
-
-def _key(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())

@@ -1,27 +1,35 @@
 """An asynchronous client for any OpenAI-compatible chat-completions server (vLLM, transformers serve, ...).
 
-Many requests are kept in flight (up to ``concurrency``) so that a batching server stays busy.
-Each request has a timeout; connection errors, timeouts, 429 and 5xx answers are retried with
-exponential backoff (honouring ``Retry-After``). A server that cannot be reached at all, or that
-does not serve the requested model, raises ``LLMUnavailableError``: nothing can be done without
-it. A request that still fails after its retries raises ``LLMRequestError``, which a run records
-against its class and moves on. Against vLLM the answer is constrained to a JSON list of strings
-(its JSON-schema ``response_format``); other servers get free text, which the cleaner parses.
+The HTTP work is the ``openai`` package's ``AsyncOpenAI``: its timeouts, its retries (connection
+errors, timeouts, 408/409/429/5xx, with exponential backoff that honours ``Retry-After``) and its
+error classes. Each attempt has a deadline for the whole exchange (httpx's timeout bounds
+each read only, so a server that drips its answer a byte at a time would otherwise live on).
+What stays here is what that client does not know: a bound on requests in flight
+(``concurrency``, so that a batching server stays busy without being flooded), a check before the
+first request that the server is there and serves the model (and whether it is vLLM), and the
+translation into two outcomes. A server that cannot be reached at all, or that does not serve the
+requested model, raises ``LLMUnavailableError``: nothing can be done without it. A request that
+still fails after its retries raises ``LLMRequestError``, which a run records against its class
+and moves on. Answers are read as raw JSON (``answer_from_body``, shared with offline batch
+files), so a server that sends HTML or a malformed body is a failed request, not a crash. Against
+vLLM the answer is constrained to a JSON list of strings (its JSON-schema ``response_format``);
+other servers get free text, which the cleaner parses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import random
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import openai
 
 API_KEY_ENV = "FREECP_LLM_API_KEY"
 DESCRIPTIONS_SCHEMA = {"type": "array", "items": {"type": "string"}, "minItems": 1}
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+NO_API_KEY = "none"  # the openai client needs some key; servers started without --api-key ignore it
 
 
 class LLMError(RuntimeError):
@@ -107,7 +115,6 @@ class ChatClient:
         concurrency: int = 8,
         timeout: float = 300.0,
         retries: int = 4,
-        backoff: float = 1.0,
         structured: bool | None = None,
         api_key: str | None = None,
     ):
@@ -117,21 +124,19 @@ class ChatClient:
         self.model = model
         self.timeout = timeout
         self.retries = retries
-        self.backoff = backoff
         self.structured = structured
-        self.requests = 0  # requests sent (each counted once)
-        self.attempts = 0  # HTTP attempts, retries included
+        self.requests = 0  # requests sent (each counted once, however often it was retried)
         self._slots = asyncio.Semaphore(concurrency)
-        key = api_key or os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._http = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=False)
+        key = api_key or os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY") or NO_API_KEY
+        http = _DeadlineHttpClient(timeout, trust_env=False)  # no proxy variables between us and the server
+        self._api = openai.AsyncOpenAI(base_url=self.base, api_key=key, timeout=timeout, max_retries=retries,
+                                       http_client=http)
 
     async def __aenter__(self) -> ChatClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._http.aclose()
+        await self._api.close()
 
     @property
     def server(self) -> str:
@@ -141,26 +146,30 @@ class ChatClient:
         """Fail early and clearly: is the server there, and does it serve ``model``?
 
         Also decides ``structured`` when it was left to auto-detection (vLLM says it owns its
-        models in ``/v1/models``).
+        models in ``/v1/models``). Asked once, without retries: a server that is not there now
+        will not be there in a second either.
         """
+        quick = self._api.with_options(max_retries=0, timeout=min(self.timeout, 30.0))
         try:
-            response = await self._http.get(f"{self.base}/models", timeout=min(self.timeout, 30.0))
-        except httpx.HTTPError as err:
-            raise LLMUnavailableError(f"cannot reach the LLM server at {self.server}: {_describe(err)}") from None
-        if response.status_code == 404:
+            raw = await quick.models.with_raw_response.list()
+        except openai.NotFoundError:
             return  # a server without a model list; a wrong model name shows on the first request
-        if response.status_code in (401, 403):
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
             raise LLMUnavailableError(
-                f"the LLM server at {self.server} refused access (HTTP {response.status_code}); "
+                f"the LLM server at {self.server} refused access (HTTP {err.status_code}); "
                 f"set {API_KEY_ENV} to its API key"
-            )
+            ) from None
+        except openai.APIConnectionError as err:
+            raise LLMUnavailableError(f"cannot reach the LLM server at {self.server}: {_describe(err)}") from None
+        except openai.APIStatusError as err:
+            raise LLMUnavailableError(f"{self.server}/models answered HTTP {err.status_code}: "
+                                      f"{err.response.text[:200]}") from None
         try:
-            listed = response.json()["data"]
-            models = {m["id"]: m for m in listed}
+            models = {m["id"]: m for m in json.loads(raw.text)["data"]}
         except (ValueError, KeyError, TypeError):
             raise LLMUnavailableError(
                 f"{self.server}/models did not answer like an OpenAI-compatible server "
-                f"(HTTP {response.status_code}): {response.text[:200]}"
+                f"(HTTP {raw.status_code}): {raw.text[:200]}"
             ) from None
         if self.model not in models:
             raise LLMUnavailableError(
@@ -171,53 +180,54 @@ class ChatClient:
             self.structured = str(models[self.model].get("owned_by", "")).lower() == "vllm"
 
     async def complete(self, request: ChatRequest) -> ChatAnswer:
-        """Send one request (waiting for a free slot), retrying transient failures."""
+        """Send one request (waiting for a free slot); the openai client retries transient failures."""
         body = chat_body(self.model, request, bool(self.structured))
         async with self._slots:
             self.requests += 1
-            failure, hint = "", None
-            for attempt in range(self.retries + 1):
-                if attempt:
-                    await asyncio.sleep(hint if hint is not None else self._backoff_delay(attempt))
-                self.attempts += 1
-                try:
-                    response = await self._http.post(f"{self.base}/chat/completions", json=body)
-                except httpx.TimeoutException:
-                    failure, hint = f"no answer within {self.timeout:g} s", None
-                    continue
-                except httpx.TransportError as err:
-                    failure, hint = f"connection failed: {_describe(err)}", None
-                    if attempt == self.retries:
-                        raise LLMUnavailableError(f"lost the LLM server at {self.server}: {failure}") from None
-                    continue
-                if response.status_code in _RETRY_STATUS:
-                    failure, hint = f"HTTP {response.status_code}", _retry_after(response)
-                    continue
-                return self._answer(response)
-            raise LLMRequestError(f"gave up after {self.retries + 1} attempts: {failure}")
-
-    def _answer(self, response: httpx.Response) -> ChatAnswer:
-        if response.status_code in (400, 404) and self.model in response.text and "model" in response.text.lower():
-            raise LLMUnavailableError(f"the LLM server at {self.server} rejected model {self.model!r}: "
-                                      f"{response.text[:200]}")
-        if response.status_code >= 400:
-            raise LLMRequestError(f"HTTP {response.status_code}: {response.text[:200]}")
+            try:
+                raw = await self._api.chat.completions.with_raw_response.create(**body)
+            except openai.APITimeoutError:
+                raise LLMRequestError(f"gave up after {self.retries + 1} attempts: "
+                                      f"no answer within {self.timeout:g} s") from None
+            except openai.APIConnectionError as err:
+                raise LLMUnavailableError(f"lost the LLM server at {self.server}: "
+                                          f"connection failed: {_describe(err)}") from None
+            except openai.APIStatusError as err:
+                raise self._refusal(err) from None
         try:
-            body = response.json()
+            parsed = json.loads(raw.text)
         except ValueError:
-            raise LLMRequestError(f"malformed answer (not JSON): {response.text[:200]!r}") from None
-        return answer_from_body(body)
+            raise LLMRequestError(f"malformed answer (not JSON): {raw.text[:200]!r}") from None
+        return answer_from_body(parsed)
 
-    def _backoff_delay(self, attempt: int) -> float:
-        return self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+    def _refusal(self, err: openai.APIStatusError) -> LLMError:
+        """An HTTP error answer (after the client's retries) as one of our two outcomes."""
+        text = err.response.text
+        if err.status_code in (400, 404) and self.model in text and "model" in text.lower():
+            return LLMUnavailableError(f"the LLM server at {self.server} rejected model {self.model!r}: {text[:200]}")
+        retried = f"gave up after {self.retries + 1} attempts: " if err.status_code in (408, 409, 429) or \
+            err.status_code >= 500 else ""
+        return LLMRequestError(f"{retried}HTTP {err.status_code}: {text[:200]}")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return min(60.0, max(0.0, float(response.headers.get("retry-after", ""))))
-    except ValueError:
-        return None
+class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
+    """openai's HTTP client with a deadline on each whole attempt, body included.
+
+    A timeout raised here is httpx's own kind, so the openai client retries it like any other.
+    """
+
+    def __init__(self, deadline: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._deadline = deadline
+
+    async def send(self, request: httpx.Request, **kwargs) -> httpx.Response:
+        try:
+            return await asyncio.wait_for(super().send(request, **kwargs), self._deadline)
+        except asyncio.TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {self._deadline:g} s", request=request) from None
 
 
 def _describe(err: Exception) -> str:
-    return str(err) or type(err).__name__
+    """The underlying reason (openai's connection errors say only "Connection error.")."""
+    cause = err.__cause__ or err
+    return str(cause) or type(cause).__name__

@@ -14,9 +14,11 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from freecp.describe.clean import CLEANING_VERSION, clean_answer, merge_descriptions
+from freecp.dedup import merge_descriptions
+from freecp.describe.clean import CLEANING_VERSION, clean_answer
 from freecp.describe.client import ChatAnswer, ChatRequest
-from freecp.describe.prompts import PROMPT_SET, Prompt, render_prompts
+from freecp.defaults import PROMPT_SET
+from freecp.describe.prompts import Prompt, render_prompts
 from freecp.stores.descriptions import CacheEntry, now_utc
 from freecp.vocab import ClassEntry, Vocabulary
 

@@ -15,14 +15,14 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import jinja2
 
+from freecp.defaults import PROMPT_SET
+from freecp.resources import PROMPTS, shipped
 from freecp.vocab import ClassEntry
 
-PROMPT_SET = "descriptions-v1"
 VICUNA_TEMPLATE = "vicuna-v1.1.jinja"
 ITEMS_PER_ANSWER = 10
 _QUESTION_FILE = re.compile(r"^(\d+)-([a-z0-9_-]+)\.jinja$")
@@ -51,9 +51,8 @@ class Prompt:
 
 
 def prompts_dir() -> Path:
-    """The ``prompts/`` folder: inside an installed package if shipped there, else the repository's."""
-    packaged = Path(str(resources.files("freecp") / "prompts"))
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "prompts"
+    """The shipped ``prompts/`` folder (the checkout's own, or the installed package's copy)."""
+    return shipped(PROMPTS)
 
 
 def vicuna_template_path() -> Path:

@@ -2,14 +2,17 @@
 
 Classes are worked on concurrently (a wave of requests per class at a time, see ``plan``), with
 at most ``concurrency`` requests in flight overall. Answers are appended to the cache in small
-shards while the run goes on, so a run that is killed or loses its server keeps what it got and
-a re-run sends only the missing requests. No server is contacted (or started) when the cache
+shards while the run goes on (at least every ``FLUSH_SECONDS``), so a run that is killed or loses
+its server keeps what it got and a re-run sends only the missing requests. A class whose
+answers gave no usable description (refusals, empty answers) is asked again by the next run; its
+answers are kept but do not count as had. No server is contacted (or started) when the cache
 already holds every answer the plans need.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +20,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from freecp.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, PROMPT_SET
 from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableError
 from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
-from freecp.describe.prompts import PROMPT_SET
 from freecp.describe.serve import LocalServer, server_command
 from freecp.stores.descriptions import SOURCE_SERVER, CacheEntry, DescriptionCache
 from freecp.vocab import Vocabulary
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_MAX_TOKENS = 400
-FLUSH_EVERY = 16
-FLUSH_SECONDS = 5.0
+FLUSH_EVERY = 16     # answers; a burst is written at once
+FLUSH_SECONDS = 1.0  # and nothing waits longer: kill -9 loses at most about a second of answers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,6 @@ def describe_vocabulary(
     progress: bool = True,
     timeout: float = 300.0,
     retries: int = 4,
-    backoff: float = 1.0,
     max_requests: int | None = None,
     structured: bool | None = None,
     prompt_set: str = PROMPT_SET,
@@ -99,7 +101,7 @@ def describe_vocabulary(
                         max_tokens=max_tokens, max_requests=max_requests, prompt_set=prompt_set)
     summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans))
     connector = _Connector(llm_url, llm_model, model, concurrency=concurrency, timeout=timeout, retries=retries,
-                           backoff=backoff, structured=structured, vllm_bin=vllm_bin)
+                           structured=structured, vllm_bin=vllm_bin)
     runner = _Runner(store, plans, connector, summary, progress)
     try:
         asyncio.run(runner.run())
@@ -170,22 +172,25 @@ class _Runner:
     async def run(self) -> None:
         with self.progress:
             tasks = [asyncio.create_task(self._describe(plan)) for plan in self.plans]
+            flusher = asyncio.create_task(self._flush_every_second())
             try:
                 if tasks:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                     for task in done:
                         task.result()  # re-raises the first error
             finally:
-                for task in tasks:
+                for task in (*tasks, flusher):
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, flusher, return_exceptions=True)
                 await self.connector.aclose()
                 if self.connector.client is not None:
                     self.summary.server = self.connector.client.server
 
     async def _describe(self, plan: ClassPlan) -> None:
+        described = any(self._usable(p.key) for p in plan.candidates)
         while wave := plan.next_wave():
-            misses = [p for p in wave if p.key not in self.store]
+            # a class the cache has no description for at all asks again for its empty answers
+            misses = [p for p in wave if p.key not in self.store or not (described or self._usable(p.key))]
             saved: dict[str, CacheEntry | BaseException] = {}
             if misses:
                 client = await self.connector.get(self._say)
@@ -203,6 +208,13 @@ class _Runner:
             self._show()
         self._close_class(plan)
 
+    def _usable(self, key: str) -> bool:
+        """Whether a cached answer gave descriptions. When none of a class's answers did (refusals,
+        empty answers), they are kept (their raw text shows why) but asked again, within the
+        class's request budget."""
+        entry = self.store.get(key)
+        return entry is not None and bool(entry.descriptions)
+
     async def _ask(self, client: ChatClient, planned: PlannedRequest) -> CacheEntry:
         """Send one request and queue its answer for the cache the moment it arrives."""
         try:
@@ -214,6 +226,13 @@ class _Runner:
         if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self._flush()
         return entry
+
+    async def _flush_every_second(self) -> None:
+        """Write answers that arrived since the last flush, even while no new answer comes."""
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS / 2)
+            if self.pending and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                self._flush()
 
     def _flush(self) -> None:
         self.store.append(self.pending)  # on a store error the answers stay pending for the final flush
@@ -233,7 +252,9 @@ class _Runner:
         self._show()
 
     def _say(self, text: str) -> None:
-        self.progress.console.print(text, markup=False, highlight=False)
+        log.info("%s", text)
+        if not self.progress.disable:
+            self.progress.console.print(text, markup=False, highlight=False)
 
     def _show(self) -> None:
         self.progress.update(self.task, counts=f"{self.summary.requests_sent} sent, {self.summary.cache_hits} cached")

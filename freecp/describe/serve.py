@@ -24,15 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import openai
 
-from freecp.describe.client import LLMUnavailableError
+from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
+from freecp.describe.client import NO_API_KEY, LLMUnavailableError
 from freecp.describe.convert import convert_smollm2
 from freecp.describe.prompts import vicuna_template_path
 
-DEFAULT_VLLM_MODEL = "lmsys/vicuna-13b-v1.5"
 SMALL_VLLM_MODEL = "lmsys/vicuna-7b-v1.5"
-SMOLLM2_NAME = "smollm2-135m-instruct"
 MODELS_DIR_ENV = "FREECP_MODELS_DIR"
 DEFAULT_MODELS_DIR = Path("cache") / "models"
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -218,19 +217,20 @@ class LocalServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        probe = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-        with httpx.Client(timeout=60.0, trust_env=False) as http:
+        probe = [{"role": "user", "content": "Hi"}]
+        api = openai.OpenAI(base_url=self.url, api_key=NO_API_KEY, timeout=60.0, max_retries=0,
+                            http_client=openai.DefaultHttpxClient(trust_env=False))
+        with api:
             while time.monotonic() < deadline:
                 if not self.running():
                     raise LLMUnavailableError(
                         f"the {self.command.kind} server exited while starting; last log lines:\n{self._log_tail()}"
                     )
                 try:
-                    if http.get(f"{self.url}/models").status_code == 200:
-                        answer = http.post(f"{self.url}/chat/completions", json=probe)
-                        if answer.status_code == 200:
-                            return
-                except httpx.HTTPError:
+                    api.models.list()
+                    api.chat.completions.create(model=self.model, messages=probe, max_tokens=1)
+                    return
+                except openai.APIError:
                     pass
                 time.sleep(0.5)
         raise LLMUnavailableError(f"the {self.command.kind} server did not answer within {timeout:g} s; "

@@ -30,8 +30,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from freecp.describe.clean import merge_descriptions
-from freecp.stores.fs import StoreError, StoreRoot, atomic_write, open_root
+from freecp.dedup import merge_descriptions
+from freecp.files import atomic_write
+from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.vocab import Vocabulary
 
 SHARD_DIR = "descriptions/shards"
@@ -123,6 +124,8 @@ class DescriptionCache:
                 except FileNotFoundError:
                     missing = True
                     continue
+                except DescriptionCacheError as err:  # junk in a shared cache: skip it, say which
+                    skip_unreadable(f"{self.root.url}/{shard}", err)
                 self._read_shards.add(shard)
             if not missing:
                 break
@@ -206,7 +209,8 @@ class DescriptionCache:
 
     def import_json(self, path: str | Path) -> int:
         """Add the classes of a ``{class: [descriptions]}`` file as reviewed descriptions; return how
-        many. The whole file is checked first, so a bad file writes nothing."""
+        many. Texts are kept as listed (whitespace collapsed, empty ones dropped, repeats kept).
+        The whole file is checked first, so a bad file writes nothing."""
         source = Path(path)
         try:
             data = json.loads(source.read_text(encoding="utf-8"))
@@ -219,7 +223,9 @@ class DescriptionCache:
         for name, texts in data.items():
             if not name.strip() or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise DescriptionCacheError(f"{source}: class {name!r} must map to a list of strings")
-            cleaned = tuple(dict.fromkeys(" ".join(t.split()) for t in texts if t.strip()))
+            # Repeats are kept: a class's AP target is the mean of its list, so a description
+            # listed twice weighs twice (the reference's files repeat some, and it averages all).
+            cleaned = tuple(" ".join(t.split()) for t in texts if t.strip())
             key = hashlib.sha256(json.dumps([SOURCE_IMPORT, name, cleaned]).encode("utf-8")).hexdigest()
             entries.append(CacheEntry(
                 key=key, class_name=name.strip(), class_names=(name.strip(),), prompt_set="", prompt_id="",

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,18 +43,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import freecp
 from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
-from freecp.stores.fs import StoreError, StoreRoot, open_root
+from freecp.progress import ProgressCallback
+from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.vocab import Vocabulary
 
 if TYPE_CHECKING:  # torch is imported where vectors become tensors, so the up-to-date check runs without it
     import torch
 
     from freecp.clip.text import ClassEmbeddings
+
+log = logging.getLogger(__name__)
 
 CLASS = "class"
 DESCRIPTION = "description"
@@ -308,12 +309,14 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------------ encoding
     def ensure(self, vocab: Vocabulary, backbone, descriptions: dict[str, list[str]] | None = None,
-               progress: bool = True) -> EncodeSummary:
+               on_progress: ProgressCallback | None = None) -> EncodeSummary:
         """Encode what ``vocab`` needs and the store lacks, then write the vocabulary manifest.
 
         ``descriptions`` maps a class name to its description texts (only foreground classes
         use them). A class it does not name keeps the descriptions the store already records
         for this vocabulary, so a run without descriptions never erases earlier ones.
+        ``on_progress(what, done, total)`` is called after each encoded chunk (a command draws
+        the bar; the store knows nothing of terminals).
         """
         from freecp.clip.text import encode_class_names
 
@@ -322,15 +325,14 @@ class EmbeddingStore:
         work = self._work(vocab, key, dim, descriptions)
         writer = _ShardWriter(self, work.folder, key, dim)
         fresh_descriptions: dict[str, np.ndarray] = {}
-        with _progress(progress) as bar:
-            names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
-            for hashes, texts in bar.chunks("class names", work.new_classes, names_per_call):
-                vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
-                writer.add(CLASS, hashes, texts, _numpy(vectors))
-            for hashes, texts in bar.chunks("descriptions", work.new_descriptions, self.batch_size):
-                vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
-                writer.add(DESCRIPTION, hashes, texts, vectors)
-                fresh_descriptions.update(zip(hashes, vectors))
+        names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
+        for hashes, texts in _chunks("class names", work.new_classes, names_per_call, on_progress):
+            vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
+            writer.add(CLASS, hashes, texts, _numpy(vectors))
+        for hashes, texts in _chunks("descriptions", work.new_descriptions, self.batch_size, on_progress):
+            vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
+            writer.add(DESCRIPTION, hashes, texts, vectors)
+            fresh_descriptions.update(zip(hashes, vectors))
         if work.new_means:
             writer.add_means(work.new_means, self._description_vectors(
                 work.folder, key, dim, work.new_means, fresh_descriptions))
@@ -340,7 +342,9 @@ class EmbeddingStore:
         write_manifest = not manifest.same_content(work.recorded)
         if write_manifest:
             self.root.write_bytes(_manifest_path(work.folder, vocab.content_hash), manifest.to_parquet())
-        return work.summary(self.url, write_manifest, time.monotonic() - started)
+        summary = work.summary(self.url, write_manifest, time.monotonic() - started)
+        log.info("%s", summary.line())
+        return summary
 
     def up_to_date(self, vocab: Vocabulary, model_key: str,
                    descriptions: dict[str, list[str]] | None = None) -> EncodeSummary | None:
@@ -354,7 +358,9 @@ class EmbeddingStore:
         if work.recorded is None or work.new_classes or work.new_descriptions or work.new_means \
                 or not work.manifest(work.recorded.dim).same_content(work.recorded):
             return None
-        return work.summary(self.url, False, time.monotonic() - started, model_loaded=False)
+        summary = work.summary(self.url, False, time.monotonic() - started, model_loaded=False)
+        log.info("%s", summary.line())
+        return summary
 
     def _work(self, vocab: Vocabulary, key: str, dim: int | None,
               descriptions: dict[str, list[str]] | None) -> _Work:
@@ -447,6 +453,9 @@ class EmbeddingStore:
             table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
         except FileNotFoundError:
             return None
+        except pa.ArrowInvalid as err:  # junk: as if absent, so `freecp encode` writes it anew
+            skip_unreadable(f"{self.url}/{path}", err)
+            return None
         except OSError as err:
             if not self.root.exists(path):
                 return None
@@ -470,10 +479,14 @@ class EmbeddingStore:
         columns = columns or ["text_hash", "text", "vector"]
         value_set = pa.array(sorted(wanted), pa.string()) if wanted else None
 
-        def read(path: str) -> pa.Table:
+        def read(path: str) -> pa.Table | None:
             # Reading whole columns and filtering after is faster than a dataset filter here.
-            table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
-            meta = _shard_meta(table.schema, f"{self.url}/{path}")
+            try:
+                table = pq.read_table(self.root.path(path), filesystem=self.root.fs, columns=columns)
+                meta = _shard_meta(table.schema, f"{self.url}/{path}")
+            except (pa.ArrowInvalid, NotAShardError) as err:
+                skip_unreadable(f"{self.url}/{path}", err)
+                return None
             _check_model(f"{self.url}/{path}", meta["model_key"], int(meta["dim"]), key, dim)
             if value_set is not None:
                 table = table.filter(pc.is_in(table.column("text_hash"), value_set=value_set))
@@ -483,7 +496,7 @@ class EmbeddingStore:
             paths = self.root.list_files(posixpath.join(folder, kind), ".parquet")
             try:
                 with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
-                    tables = list(pool.map(read, paths))
+                    tables = [t for t in pool.map(read, paths) if t is not None]
                 break
             except OSError as err:
                 if attempt == READ_ATTEMPTS - 1 or all(self.root.exists(p) for p in paths):
@@ -511,6 +524,9 @@ class EmbeddingStore:
             for path in files:  # the first file that still exists (compaction may remove some)
                 try:
                     meta = pq.read_schema(self.root.path(path), filesystem=self.root.fs).metadata or {}
+                except pa.ArrowInvalid as err:
+                    skip_unreadable(f"{self.url}/{path}", err)
+                    continue
                 except OSError:
                     continue
                 info = json.loads(meta.get(MANIFEST_META_KEY) or meta.get(META_KEY) or b"null")
@@ -539,8 +555,12 @@ class EmbeddingStore:
         for key in keys:
             folder = posixpath.join(MODELS_DIR, model_dir(key), MANIFESTS_DIR)
             for path in self.root.list_files(folder, ".parquet"):
-                table = pq.read_table(self.root.path(path), filesystem=self.root.fs,
-                                      columns=["names", "description_mean"])
+                try:
+                    table = pq.read_table(self.root.path(path), filesystem=self.root.fs,
+                                          columns=["names", "description_mean"])
+                except pa.ArrowInvalid as err:
+                    skip_unreadable(f"{self.url}/{path}", err)
+                    continue
                 meta = json.loads((table.schema.metadata or {}).get(MANIFEST_META_KEY, b"{}"))
                 if not meta:
                     continue
@@ -689,10 +709,14 @@ def _manifest_path(folder: str, content_hash: str) -> str:
     return posixpath.join(folder, MANIFESTS_DIR, f"{content_hash}.parquet")
 
 
+class NotAShardError(EmbeddingStoreError):
+    """A readable Parquet file without freecp's shard metadata (someone else's file)."""
+
+
 def _shard_meta(schema: pa.Schema, origin: str) -> dict:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
-        raise EmbeddingStoreError(f"{origin} is not a freecp embedding shard "
+        raise NotAShardError(f"{origin} is not a freecp embedding shard "
                                   f"(no {META_KEY.decode()} metadata)")
     return json.loads(raw)
 
@@ -726,28 +750,13 @@ def _indexed(table: pa.Table, dim: int) -> tuple[dict[str, int], np.ndarray]:
 
 
 # --------------------------------------------------------------------------------- progress
-class _Bar:
-    """A rich progress bar that hands out chunks of the texts to encode."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-
-    def chunks(self, label: str, texts: dict[str, str], size: int) -> Iterator[tuple[list[str], list[str]]]:
-        if not texts:
-            return
-        task = self.progress.add_task(f"encoding {label}", total=len(texts))
-        items = list(texts.items())
-        for start in range(0, len(items), size):
-            chunk = items[start:start + size]
-            yield [h for h, _ in chunk], [t for _, t in chunk]
-            self.progress.advance(task, len(chunk))
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[_Bar]:
-    """A ``_Bar`` over a rich progress display on stderr (silent when disabled)."""
-    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
-    with display:
-        yield _Bar(display)
+def _chunks(label: str, texts: dict[str, str], size: int,
+            on_progress: ProgressCallback | None) -> Iterator[tuple[list[str], list[str]]]:
+    """The texts to encode in chunks of ``size`` (hashes, texts), reporting each one done."""
+    items = list(texts.items())
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield [h for h, _ in chunk], [t for _, t in chunk]
+        if on_progress is not None:
+            on_progress(f"encoding {label}", start + len(chunk), len(items))
 

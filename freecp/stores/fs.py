@@ -7,20 +7,24 @@ standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_K
 
 Atomicity: a local write goes to a hidden temporary name in the same directory and is renamed
 into place; an S3 PUT is atomic per object, so readers see either nothing or the whole file.
+Temporary names are short and fixed-length (``.tmp-<12 hex>``), never the final name plus a
+prefix, so any name the filesystem accepts as final can also be written.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-TEMP_PREFIX = ".tmp-"
+from freecp.files import TEMP_PREFIX, temp_name
+
+log = logging.getLogger("freecp.stores")
 
 
 class StoreError(RuntimeError):
@@ -54,7 +58,7 @@ class StoreRoot:
             with self.fs.open_output_stream(target) as out:
                 out.write(data)
             return
-        temp = posixpath.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        temp = posixpath.join(parent, temp_name())
         with self.fs.open_output_stream(temp) as out:
             out.write(data)
         self.fs.move(temp, target)
@@ -83,18 +87,16 @@ class StoreRoot:
         self.fs.delete_file(self.path(relative))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a local file whole or not at all: a hidden temporary name beside it, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+QUARANTINE_DIR = "quarantine"  # `freecp store check --quarantine` moves unreadable files here
+_reported: set[str] = set()
 
+
+def skip_unreadable(location: str, reason: BaseException) -> None:
+    """Log (once per process) that an unreadable store file is left out, and what to do about it."""
+    if location not in _reported:
+        _reported.add(location)
+        log.warning("skipping unreadable store file %s (%s); `freecp store check --quarantine` moves it aside",
+                    location, str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
 
 def open_root(url: str | Path) -> StoreRoot:
     """Open a store root from a local path or an ``s3://bucket/prefix`` URL."""

@@ -1,0 +1,111 @@
+"""Where ``freecp segment`` puts each image's outputs, and how older output folders are brought along.
+
+Naming (layout 2): an input at ``<relative path>`` inside the images folder gets
+``masks/<relative path>.png``, ``overlays/<relative path>.jpg`` and ``.records/<relative path>.json``:
+the whole file name, extension included, plus a suffix. Two distinct inputs have distinct relative
+paths, so they can never share an output, on any filesystem (``a.jpg`` and ``a.png`` give
+``a.jpg.png`` and ``a.png.png``). The folder says which naming it uses in ``.freecp-layout``.
+
+Layout 1 (before the marker existed) replaced the extension (``masks/a.png``), so ``a.jpg`` and
+``a.png`` overwrote each other. ``prepare_output`` migrates such a folder on first use: an output
+that only one record claims is renamed to its new name; outputs that several records claimed
+are deleted together with those records, so the images are segmented again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from freecp.io import safe_output_path
+from freecp.files import atomic_write
+
+LAYOUT_FILE = ".freecp-layout"
+LAYOUT_VERSION = 2
+RECORDS_DIR = ".records"
+MASKS_DIR = "masks"
+OVERLAYS_DIR = "overlays"
+CLAIMS_DIR = ".claims"
+OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, RECORDS_DIR, CLAIMS_DIR)
+
+
+class LayoutError(ValueError):
+    """An output folder this version cannot use; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files of one input image inside an output folder."""
+
+    record: Path
+    mask: Path
+    overlay: Path
+    claim: Path
+
+
+def output_paths(out_dir: Path, relative: Path | str) -> OutputPaths:
+    """The outputs of the input at ``relative``; raises ``ValueError`` for a path that would leave ``out_dir``."""
+    out_dir = Path(out_dir)
+    return OutputPaths(
+        record=safe_output_path(out_dir / RECORDS_DIR, relative, ".json"),
+        mask=safe_output_path(out_dir / MASKS_DIR, relative, ".png"),
+        overlay=safe_output_path(out_dir / OVERLAYS_DIR, relative, ".jpg"),
+        claim=safe_output_path(out_dir / CLAIMS_DIR, relative, ".claim"),
+    )
+
+
+def prepare_output(out_dir: Path) -> int:
+    """Make ``out_dir`` a layout-2 output folder (create, or migrate layout 1); return how many
+    images' outputs were discarded by the migration because they had collided."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LayoutError(f"--out {out_dir} is a file, not a folder")
+    marker = out_dir / LAYOUT_FILE
+    if marker.is_file():
+        try:
+            version = json.loads(marker.read_text()).get("naming")
+        except (OSError, ValueError, AttributeError):
+            version = None
+        if version != LAYOUT_VERSION:
+            raise LayoutError(f"{out_dir} was written with output naming {version!r}, which this freecp "
+                              f"does not know (it writes naming {LAYOUT_VERSION}); use another --out folder")
+        return 0
+    discarded = _migrate_layout_1(out_dir) if (out_dir / RECORDS_DIR).is_dir() else 0
+    atomic_write(marker, json.dumps({"naming": LAYOUT_VERSION}).encode())
+    return discarded
+
+
+def _migrate_layout_1(out_dir: Path) -> int:
+    """Rename outputs to the full-name naming; drop the ones several inputs had overwritten."""
+    records: dict[Path, dict] = {}
+    for path in (out_dir / RECORDS_DIR).rglob("*.json"):
+        try:
+            records[path] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # half-written by a killed run: redo that image
+    claimants: dict[str, list[Path]] = defaultdict(list)
+    for path, record in records.items():
+        claimants[record.get("mask") or ""].append(path)
+    discarded = 0
+    for old_mask, paths in claimants.items():
+        collided = len(paths) > 1 or not old_mask
+        for path in paths:
+            record = records[path]
+            if collided:  # overwritten by several inputs: the files belong to none of them
+                for field in ("mask", "overlay"):
+                    if record.get(field):
+                        (out_dir / record[field]).unlink(missing_ok=True)
+                path.unlink()
+                discarded += 1
+                continue
+            new = output_paths(out_dir, record["path"])
+            for field, target in (("mask", new.mask), ("overlay", new.overlay)):
+                old = out_dir / (record.get(field) or "")
+                if record.get(field) and old.is_file() and old != target:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    old.replace(target)
+                record[field] = target.relative_to(out_dir).as_posix()
+            atomic_write(path, json.dumps(record).encode())
+    return discarded

@@ -1,0 +1,75 @@
+"""Checking a shared store file by file: which files cannot be read, and moving them aside.
+
+Readers already skip an unreadable shard with a warning (one bad file must not stop everyone);
+this is the maintenance side, behind ``freecp store check``. Every ``.parquet`` file of the
+embedding store (``models/``) or the description cache (``descriptions/shards``) is read whole
+and checked for freecp's metadata; with ``quarantine`` each bad one is moved to
+``quarantine/<its path>`` in the same store, where no reader looks and a person can inspect it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from freecp.stores.descriptions import SCHEMA
+from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, open_root
+
+EMBEDDINGS_DIR = "models"  # freecp.stores.embeddings.MODELS_DIR (that module needs torch)
+EMBEDDING_META_KEYS = (b"freecp.embeddings", b"freecp.vocabulary")
+CACHE_DIR = "descriptions/shards"  # freecp.stores.descriptions.SHARD_DIR
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """One file a reader would skip, and why."""
+
+    path: str
+    reason: str
+    quarantined_to: str = ""
+
+
+@dataclass
+class CheckReport:
+    url: str
+    checked: int
+    bad: list[BadFile]
+
+
+def check_store(url: str, quarantine: bool = False) -> CheckReport:
+    """Read every embedding-store and description-cache file under ``url``; list (and move aside) the bad ones."""
+    root = open_root(url)
+    files = root.list_files(EMBEDDINGS_DIR, ".parquet") + root.list_files(CACHE_DIR, ".parquet")
+    bad = []
+    for path in files:
+        reason = _problem(root, path)
+        if reason is None:
+            continue
+        target = ""
+        if quarantine:
+            target = f"{QUARANTINE_DIR}/{path}"
+            root.fs.create_dir(root.path(target.rsplit("/", 1)[0]), recursive=True)
+            root.fs.move(root.path(path), root.path(target))
+        bad.append(BadFile(path, reason, target))
+    return CheckReport(root.url, len(files), bad)
+
+
+def _problem(root: StoreRoot, path: str) -> str | None:
+    """Why ``path`` cannot serve as a store file, or None when it can."""
+    try:
+        table = pq.read_table(io.BytesIO(root.read_bytes(path)))
+    except FileNotFoundError:
+        return None  # removed meanwhile (compaction): nothing to check
+    except (pa.ArrowException, OSError) as err:
+        return f"not a readable Parquet file: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    if path.startswith(EMBEDDINGS_DIR + "/"):
+        if not any(key in (table.schema.metadata or {}) for key in EMBEDDING_META_KEYS):
+            return "a Parquet file without freecp's embedding metadata"
+    else:
+        missing = [name for name in SCHEMA.names if name not in table.column_names]
+        if missing:
+            return f"a Parquet file without the description-cache columns {', '.join(missing)}"
+    return None

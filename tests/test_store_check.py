@@ -1,0 +1,62 @@
+"""Shared stores survive a bad file: readers skip it with a warning, ``freecp store check`` finds
+and quarantines it. Real store folders, the real ``freecp`` command; tiny CLIP with random weights."""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from typer.testing import CliRunner
+
+from freecp.cli import app
+from freecp.stores.descriptions import SHARD_DIR, DescriptionCache
+from freecp.stores.embeddings import CLASS, MODELS_DIR, EmbeddingStore, model_dir
+from freecp.vocab import load_vocabulary
+from tests.fixtures_clip import one_torch_thread
+from tests.test_description_cache import entry
+
+VOCAB = load_vocabulary(["background: sky", "cat, kitten", "dog"])
+
+
+def _junk(folder: Path) -> list[str]:
+    """A 0-byte shard, a text file named .parquet and someone else's Parquet file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero.parquet").write_bytes(b"")
+    (folder / "junk.parquet").write_text("this is not parquet")
+    pq.write_table(pa.table({"x": [1, 2]}), folder / "foreign.parquet")
+    return ["zero.parquet", "junk.parquet", "foreign.parquet"]
+
+
+def test_bad_files_are_skipped_by_readers_and_quarantined_by_store_check(tmp_path, tiny_backbone, caplog):
+    url = str(tmp_path / "store")
+    store = EmbeddingStore(url)
+    with one_torch_thread():
+        store.ensure(VOCAB, tiny_backbone)
+    good = store.load(VOCAB, tiny_backbone)
+    junk = _junk(tmp_path / "store" / MODELS_DIR / model_dir(tiny_backbone.model_key) / CLASS)
+    cache = DescriptionCache(url)
+    cache.append([entry("k1", "cat", ["Pointed ears"])])
+    cache_junk = _junk(tmp_path / "store" / SHARD_DIR)
+
+    again = EmbeddingStore(url)
+    assert torch.equal(again.load(VOCAB, tiny_backbone).queries, good.queries)
+    assert [m.model_key for m in again.list_models()] == [tiny_backbone.model_key]
+    assert [e.key for e in DescriptionCache(url).entries()] == ["k1"]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert all(name in warned for name in junk)
+    assert CliRunner().invoke(app, ["store", "ls", url]).exit_code == 0
+
+    found = CliRunner().invoke(app, ["store", "check", url])
+    assert found.exit_code == 1
+    assert found.output.count("bad ") == len(junk) + len(cache_junk)
+    assert all(name in found.output for name in junk)
+    moved = CliRunner().invoke(app, ["store", "check", url, "--quarantine"])
+    assert moved.exit_code == 0, moved.output
+    quarantined = sorted(posixpath.basename(str(p)) for p in (tmp_path / "store" / "quarantine").rglob("*.parquet"))
+    assert quarantined == sorted(junk + cache_junk)
+    clean = CliRunner().invoke(app, ["store", "check", url])
+    assert clean.exit_code == 0 and "0 bad" in clean.output
+    assert torch.equal(EmbeddingStore(url).load(VOCAB, tiny_backbone).queries, good.queries)
