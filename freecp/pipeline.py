@@ -148,12 +148,13 @@ def run_key(segmenter: Segmenter) -> str:
 def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
                     clip_checkpoint: str | None = None, store: str | None = None, device: str = "cpu",
                     settings: SegmentSettings | None = None, encode_missing: bool = True,
-                    on_progress: ProgressCallback | None = None) -> Segmenter:
+                    on_progress: ProgressCallback | None = None, quick_gelu: bool | None = None) -> Segmenter:
     """Load the backbone and the vocabulary's text embeddings (from a store when given);
-    ``on_progress`` hears about texts the store lacks being encoded."""
+    ``on_progress`` hears about texts the store lacks being encoded, and ``quick_gelu`` picks the
+    activation of a checkpoint (None: detect, see ``freecp.clip.activation``)."""
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             variant=settings.variant, protocol=settings.protocol)
+                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu)
     if cut := names_cut_by_context(backbone.tokenizer, vocab.queries):
         log.warning("%d class names are longer than the text tower's %d tokens and are cut short "
                     "(names cut alike get the same vector): %s", len(cut),

@@ -44,22 +44,38 @@ def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded], depth: int
                 future.cancel()
 
 
+class WriteStopped(RuntimeError):
+    """A write-behind job not run because an earlier one failed."""
+
+
 class WriteBehind:
     """Runs submitted jobs in order in one thread, with at most ``depth`` waiting.
 
     ``submit`` blocks while ``depth`` jobs wait, so a slow disk slows the run instead of filling
-    memory with finished masks. Leaving the ``with`` block waits for every job.
+    memory with finished masks. Once a job raises, the later ones are not run (they raise
+    ``WriteStopped``): nothing is written after the failure, as when the steps run in turn and
+    the first error ends them. Leaving the ``with`` block waits for every job.
     """
 
     def __init__(self, depth: int) -> None:
         self._slots = threading.BoundedSemaphore(max(depth, 1))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freecp-write")
+        self._failed: BaseException | None = None  # only the writer thread sets it
 
     def submit(self, job: Callable[..., Result], *args: object) -> Future[Result]:
         self._slots.acquire()
-        future = self._pool.submit(job, *args)
+        future = self._pool.submit(self._run, job, *args)
         future.add_done_callback(lambda _: self._slots.release())
         return future
+
+    def _run(self, job: Callable[..., Result], *args: object) -> Result:
+        if self._failed is not None:
+            raise WriteStopped("an earlier write failed") from self._failed
+        try:
+            return job(*args)
+        except BaseException as err:
+            self._failed = err
+            raise
 
     def __enter__(self) -> WriteBehind:
         return self

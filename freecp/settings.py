@@ -11,18 +11,18 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-Variant = Literal["maskclip", "sclip", "clearclip", "naclip", "vanilla"]
+Variant = Literal["maskclip", "sclip", "clearclip", "naclip", "vanilla", "gem"]
 Protocol = Literal["freecp", "original"]
 ScFormula = Literal["half-dice", "soft-iou"]
 PurifyScope = Literal["window", "image"]
 Precision = Literal["fp32", "fp16", "bf16"]
 BoxRule = Literal["contours", "components"]
 
-VARIANTS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "vanilla")
-PROTOCOLS: tuple[str, ...] = ("freecp", "original")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+VARIANTS: tuple[str, ...] = get_args(Variant)    # the one list of last-block variants
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # How a run is carried out, not what it computes: left out of the settings hash.
 RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "max_pixels")
 
@@ -56,7 +56,7 @@ class SegmentSettings:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; choose freecp or original")
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if self.sc_formula not in ("half-dice", "soft-iou"):
             raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
         if self.scope not in ("window", "image"):

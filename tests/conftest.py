@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_clip",
     "tests.fixtures_llm",
     "tests.fixtures_prefect",
+    "tests.fixtures_parity",
 ]

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +42,12 @@ from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.trace import SegmentTrace
 from freecp.vocab import Vocabulary, load_vocabulary
+from tests.fixtures_parity import make_parity_weights
 from tests.shared_data import SHARED, VOC_MINI
 
 PARITY = SHARED / "parity"
 FIXTURES = PARITY / "fixtures"
-MODEL = "ViT-B-16-quickgelu"  # the architecture make_weights.py writes weights for
-SEED = 0
-WEIGHTS_DIGEST = "dbbfd9b5336b0806c969bdb8dd3e2b89ad345f4a114e1578471884f3b9ccfabe"
+MODEL = "ViT-B-16"  # the default name: the checkpoint rules pick QuickGELU for these weights by their digest
 IMAGES = ("2011_000003", "2011_000006", "2011_000025")
 CONFIGURATIONS = ("sclip_preset", "sclip_low", "clearclip_low")  # gem_low: add once the gem variant exists
 TEXT_FIXTURE = "sclip_low"    # the text side does not depend on the variant; two folders store it
@@ -103,34 +100,6 @@ def missing_material() -> str | None:
 
 
 # ------------------------------------------------------------------------------ inputs
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """make_weights.py's content digest: sha256 over the sorted keys and their float32 bytes."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].numpy().tobytes())
-    return digest.hexdigest()
-
-
-def parity_weights(cache: Path) -> Path:
-    """The fixtures' weights under ``cache``: reused when their digest matches, else regenerated
-    with the shared make_weights.py (about 20 s) and checked."""
-    path = cache / f"rand_b16_seed{SEED}.pt"
-    if path.is_file() and weights_digest(torch.load(path, weights_only=True)) == WEIGHTS_DIGEST:
-        return path
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{path.name}.{os.getpid()}.partial"
-    done = subprocess.run([sys.executable, str(PARITY / "make_weights.py"), str(partial), "--seed", str(SEED)],
-                          capture_output=True, text=True, check=True)
-    printed = done.stdout.strip().splitlines()[-1]
-    if printed != WEIGHTS_DIGEST:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"make_weights.py wrote weights with digest {printed}, the fixtures need "
-                           f"{WEIGHTS_DIGEST} (torch / open_clip_torch versions differ from the fixtures')")
-    partial.replace(path)
-    return path
-
-
 def reference_vocabulary() -> Vocabulary:
     return load_vocabulary(FIXTURES / "voc21_reference.txt")
 
@@ -395,7 +364,7 @@ def main() -> None:
     reason = missing_material()
     if reason:
         sys.exit(reason)
-    weights = parity_weights(Path(__file__).resolve().parents[1] / ".ci-cache" / "parity")
+    weights = make_parity_weights()
     base = load_parity_backbone(weights)
     print(f"logit scale {base.logit_scale:.6f}")
     vocab = reference_vocabulary()

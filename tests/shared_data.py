@@ -10,6 +10,7 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 VOC_MINI = SHARED / "data" / "voc-mini"
+PARITY = SHARED / "parity"
 
 needs_voc_mini = pytest.mark.skipif(
     not VOC_MINI.is_dir(),

@@ -22,17 +22,14 @@ from tests import parity_harness as parity
 MISSING = parity.missing_material()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
-CACHE = Path(__file__).resolve().parents[1] / ".ci-cache" / "parity"
-
-
 @pytest.fixture(scope="session")
 def parity_vocab() -> Vocabulary:
     return parity.reference_vocabulary()
 
 
 @pytest.fixture(scope="session")
-def parity_backbone() -> ClipBackbone:
-    return parity.load_parity_backbone(parity.parity_weights(CACHE))
+def parity_backbone(parity_weights: Path) -> ClipBackbone:
+    return parity.load_parity_backbone(parity_weights)
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,7 @@ def test_imported_repeats_are_kept_and_weigh_in_the_description_mean(tmp_path: P
     assert texts["cat"] == ["pointed ears", "whiskers", "pointed ears"]
 
     store = EmbeddingStore(str(tmp_path / "embeddings"))
-    summary = store.ensure(vocab, tiny_backbone, texts, progress=False)
+    summary = store.ensure(vocab, tiny_backbone, texts)
     assert summary.descriptions_encoded == 3  # each distinct text is encoded once
     loaded = store.load(vocab, tiny_backbone)
     ears, whiskers = tiny_backbone.encode_texts(["pointed ears", "whiskers"])

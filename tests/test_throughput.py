@@ -17,7 +17,7 @@ from PIL import Image
 
 from freecp.flows.segmenters import device_for_worker
 from freecp.pipeline import segment_folder
-from freecp.prefetch import WriteBehind, read_ahead
+from freecp.prefetch import WriteBehind, WriteStopped, read_ahead
 from freecp.segmenter import Segmenter
 from freecp.settings import settings_for
 from freecp.threads import apply_thread_policy, plan_threads
@@ -142,6 +142,24 @@ def test_write_behind_runs_jobs_in_order_and_blocks_when_full():
         gate.set()
         blocked.join()
     assert done == [0, 1, 2] and [f.result() for f in futures] == [0, 1, 2]
+
+
+def test_write_behind_runs_nothing_after_a_failed_job():
+    done = []
+
+    def job(n: int) -> int:
+        if n == 1:
+            raise OSError("disk full")
+        done.append(n)
+        return n
+
+    with WriteBehind(depth=4) as writer:
+        futures = [writer.submit(job, n) for n in range(3)]
+    assert done == [0] and futures[0].result() == 0
+    with pytest.raises(OSError, match="disk full"):
+        futures[1].result()
+    with pytest.raises(WriteStopped):
+        futures[2].result()
 
 
 def test_thread_policy_never_oversubscribes_and_is_applied(monkeypatch):

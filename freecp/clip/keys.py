@@ -1,25 +1,30 @@
-"""Model keys: the name a CLIP model's text vectors are stored under, computed without torch.
+"""Weights requests: what a run asked the CLIP layer for, named without torch.
 
-A key names the weights, not the code: ``<model>/<pretrained tag>``, ``<model>/file-<hash>`` for a
-local checkpoint, ``<model>/random-seed<n>`` for seeded random weights. ``load_backbone`` and
-``freecp encode``'s up-to-date check both call ``model_key``, so a store that already holds a
-vocabulary is recognised without building (or importing) the model.
+A model key (``ClipBackbone.model_key``) names what ``load_backbone`` built; since checkpoint
+activation detection (``freecp.clip.activation``) it depends on open_clip's configs and registry,
+and for some files on their tensors, so it cannot be worked out without torch. A *request*
+can: the model name, the tag (or the checkpoint file's content hash), the seed, the activation
+choice, and the freecp and open_clip versions whose rules turn a request into a key. The
+embedding store remembers which key each request was resolved to (``EmbeddingStore.remember_key``),
+so ``freecp encode`` re-run on an encoded vocabulary decides without building (or importing) the model.
 """
 
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import freecp
 from freecp.clip.errors import WeightsUnavailableError
 from freecp.weights import is_random
 
 HASH_CHUNK = 1 << 20
 
 
-def model_key(model_name: str, pretrained: str | None = "openai", checkpoint: str | Path | None = None,
-              seed: int = 0) -> str:
-    """The store key of a model built from these arguments (a checkpoint wins over the tag).
+def weights_request(model_name: str, pretrained: str | None = "openai", checkpoint: str | Path | None = None,
+                    seed: int = 0, quick_gelu: bool | None = None) -> str:
+    """The request these ``load_backbone`` arguments make, as one string (a checkpoint wins over the tag).
 
     Raises ``WeightsUnavailableError`` for a checkpoint file that does not exist.
     """
@@ -27,10 +32,11 @@ def model_key(model_name: str, pretrained: str | None = "openai", checkpoint: st
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
-        return f"{model_name}/file-{file_hash(path)}"
-    if is_random(pretrained):
-        return f"{model_name}/random-seed{seed}"
-    return f"{model_name}/{pretrained}"
+        weights = f"file-{file_hash(path)}"
+    else:
+        weights = f"random-seed{seed}" if is_random(pretrained) else f"tag-{pretrained}"
+    return (f"{model_name}|{weights}|quick_gelu={quick_gelu}"
+            f"|freecp {freecp.__version__}|open_clip {_open_clip_version()}")
 
 
 def file_hash(path: Path) -> str:
@@ -40,3 +46,10 @@ def file_hash(path: Path) -> str:
         for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def _open_clip_version() -> str:
+    try:
+        return version("open_clip_torch")
+    except PackageNotFoundError:
+        return "unknown"

@@ -4,8 +4,9 @@
 file, or explicitly requested random weights. The returned ``ClipBackbone`` runs
 
 * ``dense_forward``: all windows of an image in one batch; blocks 1..L-1 run as usual while their
-  head-averaged attention is recorded, then the last block runs its modified path (a
-  training-free variant's attention, residual and FFN per protocol) to give patch features;
+  attention is recorded (head-averaged; head 0 only for GEM under the freecp protocol), and a
+  modified path (a training-free variant's attention, residual and FFN per protocol) beside the
+  last block, or beside the last ``GEM_BLOCKS`` blocks for GEM, gives the patch features;
 * ``encode_crops``: the plain network on small crops, returning CLS embeddings (for AP);
 * ``encode_texts``: the text tower, batched.
 """
@@ -28,13 +29,19 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from freecp.clip.activation import (Activation, AmbiguousActivationError, architecture_name, checkpoint_activation, config_quick_gelu,
+                                    is_torchscript_archive, load_state_dict, tag_activation)
 from freecp.clip.errors import WeightsUnavailableError
-from freecp.clip.keys import is_random, model_key
+from freecp.clip.keys import file_hash
+from freecp.weights import is_random
 from freecp.resources import MODEL_CONFIGS, shipped
 
 open_clip.add_model_config(shipped(MODEL_CONFIGS))
+logger = logging.getLogger(__name__)
 
 NACLIP_GAUSSIAN_STD = 5.0  # patches
+GEM_BLOCKS = 6             # GEM's self-self attention path runs beside the last 6 blocks (its depth 7)
+GEM_ITERATIONS = 1         # GEM's self-self clustering steps before the final assignment to values
 
 # (residual, ffn) of the last block's modified path, per protocol and variant (ALGORITHM.md s.2).
 LAST_BLOCK_PATHS: dict[str, dict[str, tuple[bool, bool]]] = {
@@ -44,6 +51,7 @@ LAST_BLOCK_PATHS: dict[str, dict[str, tuple[bool, bool]]] = {
         "clearclip": (False, False),
         "naclip": (False, True),
         "vanilla": (False, True),
+        "gem": (True, False),
     },
     "original": {
         "maskclip": (True, False),
@@ -51,8 +59,17 @@ LAST_BLOCK_PATHS: dict[str, dict[str, tuple[bool, bool]]] = {
         "clearclip": (False, False),
         "naclip": (False, False),
         "vanilla": (True, True),
+        "gem": (True, False),
     },
 }
+# Variants whose modified path spans several blocks (GEM); the others modify the last block only.
+MODIFIED_BLOCKS: dict[str, int] = {"gem": GEM_BLOCKS}
+# Variants that resample positions as their own code does: bicubic with antialiasing to the exact
+# grid (GEM, via timm's rule), instead of the reference's scale factor without antialiasing.
+ANTIALIASED_POSITIONS = frozenset({"gem"})
+# (protocol, variant) whose refinement uses ONE head's attention instead of the head average:
+# the reference's GEM refines with head 0 (ALGORITHM.md section 10).
+REFINEMENT_HEAD: dict[tuple[str, str], int] = {("freecp", "gem"): 0}
 
 
 @dataclass
@@ -60,19 +77,21 @@ class DenseOutput:
     """Patch features of each window and the affinity evidence from the attention maps."""
 
     features: torch.Tensor   # [B, h, w, D], L2-normalised
-    attention: torch.Tensor  # [B, N, N], head-averaged, mean over blocks 1..L-1, CLS dropped
+    attention: torch.Tensor  # [B, N, N], head-averaged (or one head), mean over blocks 1..L-1, CLS dropped
 
 
 class ClipBackbone:
     """A CLIP model with the dense and crop forwards FreeCP needs. Build once, call many times."""
 
     def __init__(self, model: open_clip.CLIP, tokenizer, model_name: str, model_key: str,
-                 variant: str = "sclip", protocol: str = "freecp", device: str = "cpu") -> None:
+                 variant: str = "sclip", protocol: str = "freecp", device: str = "cpu",
+                 architecture: str | None = None) -> None:
         if protocol not in LAST_BLOCK_PATHS or variant not in LAST_BLOCK_PATHS[protocol]:
             raise ValueError(f"unknown variant/protocol {variant!r}/{protocol!r}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.architecture = architecture or model_name  # the open_clip config built, e.g. ViT-B-16-quickgelu
         self.model_key = model_key
         self.variant = variant
         self.protocol = protocol
@@ -82,6 +101,8 @@ class ClipBackbone:
         self.embed_dim = int(visual.proj.shape[1])
         self.logit_scale = float(model.logit_scale.exp().item())
         self.residual, self.ffn = LAST_BLOCK_PATHS[protocol][variant]
+        self.modified_blocks = MODIFIED_BLOCKS.get(variant, 1)
+        self.refinement_head = REFINEMENT_HEAD.get((protocol, variant))
 
     # ------------------------------------------------------------------ text
     @torch.inference_mode()
@@ -119,12 +140,12 @@ class ClipBackbone:
     def dense_forward(self, windows: torch.Tensor) -> DenseOutput:
         """Windows [B, 3, H, W] (CLIP-normalised, H and W multiples of the patch size)."""
         grid_h, grid_w = windows.shape[-2] // self.patch_size, windows.shape[-1] // self.patch_size
-        x, attention = self._trunk(windows.to(self.device), record_attention=True)
+        x, attention, path = self._trunk(windows.to(self.device), dense=True)
         last = self.model.visual.transformer.resblocks[-1]
+        if path is None:
+            path = self._path_start(x)
         y = last.ln_1(x)
-        out = self._variant_attention(last, y, grid_h, grid_w)
-        if self.residual:
-            out = x + out
+        out = path + self._variant_attention(last, y, _split_heads(last, y), grid_h, grid_w)
         if self.ffn:
             out = out + last.mlp(last.ln_2(out))
         feats = self.model.visual.ln_post(out[:, 1:]) @ self.model.visual.proj
@@ -137,7 +158,7 @@ class ClipBackbone:
     @torch.inference_mode()
     def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops [B, 3, S, S] (CLIP-normalised) to L2-normalised CLS embeddings [B, D] (plain path)."""
-        x, _ = self._trunk(crops.to(self.device), record_attention=False)
+        x, _, _ = self._trunk(crops.to(self.device), dense=False)
         x = self.model.visual.transformer.resblocks[-1](x)
         cls = self.model.visual.ln_post(x[:, 0])
         # One [1, width] @ proj per crop: a plain matmul over a few rows picks its CPU kernel by the
@@ -145,8 +166,10 @@ class ClipBackbone:
         projected = torch.bmm(cls[:, None], self.model.visual.proj.expand(len(cls), -1, -1))[:, 0]
         return F.normalize(projected.float(), dim=-1).cpu()
 
-    def _trunk(self, images: torch.Tensor, record_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Patch embedding and blocks 1..L-1; optionally the mean head-averaged attention."""
+    def _trunk(self, images: torch.Tensor, dense: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Patch embedding and blocks 1..L-1: the last block's input and, with ``dense``, the mean
+        refinement attention and the modified path so far (None unless it spans several blocks)."""
         visual = self.model.visual
         grid_h, grid_w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
         x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
@@ -154,23 +177,38 @@ class ClipBackbone:
         x = torch.cat([cls, x], dim=1) + self._positional_embedding(grid_h, grid_w).to(x.dtype)
         x = visual.ln_pre(x)
         blocks = visual.transformer.resblocks
-        attention_sum = None
-        for block in blocks[:-1]:
-            x, attn = _block_with_attention(block, x)
-            if record_attention:
+        first_modified = len(blocks) - self.modified_blocks
+        attention_sum = path = None
+        for index, block in enumerate(blocks[:-1]):
+            y = block.ln_1(x)
+            qkv = _split_heads(block, y)
+            if dense and index >= first_modified:
+                path = self._path_start(x) if path is None else path
+                path = path + self._variant_attention(block, y, qkv, grid_h, grid_w)
+            x, attn = _block_with_attention(block, x, qkv)
+            if dense:
+                attn = attn.mean(dim=1) if self.refinement_head is None else attn[:, self.refinement_head]
                 attention_sum = attn if attention_sum is None else attention_sum + attn
         mean_attention = attention_sum / (len(blocks) - 1) if attention_sum is not None else None
-        return x, mean_attention
+        return x, mean_attention, path
+
+    def _path_start(self, x: torch.Tensor) -> torch.Tensor:
+        """What the modified path adds its attention outputs to: the residual, or nothing."""
+        return x if self.residual else torch.zeros_like(x)
 
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        return _interpolated_positions(self.model.visual.positional_embedding, grid_h, grid_w)
+        return _interpolated_positions(self.model.visual.positional_embedding, grid_h, grid_w,
+                                       antialias=self.variant in ANTIALIASED_POSITIONS)
 
-    def _variant_attention(self, block, y: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-        """The last block's attention output under the chosen training-free variant."""
-        q, k, v = _split_heads(block, y)
+    def _variant_attention(self, block, y: torch.Tensor, qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                           grid_h: int, grid_w: int) -> torch.Tensor:
+        """A block's attention output under the chosen training-free variant; ``qkv`` from ``y``."""
+        q, k, v = qkv
         scale = q.shape[-1] ** -0.5
         if self.variant == "maskclip":
             mixed = v
+        elif self.variant == "gem":
+            mixed = self_self_attention(q, k, v, y, GEM_ITERATIONS)
         else:
             if self.variant == "sclip":
                 weights = (q @ q.transpose(-1, -2) * scale).softmax(-1) + (k @ k.transpose(-1, -2) * scale).softmax(-1)
@@ -186,6 +224,27 @@ class ClipBackbone:
         return block.ls_1(block.attn.out_proj(merged))
 
 
+def self_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor,
+                        iterations: int) -> torch.Tensor:
+    """GEM's self-self attention [B, heads, T, head_dim]: the mean over q, k and v of clustering
+    each with itself, then assigning values.
+
+    Each projection is L2-normalised and attends to itself ``iterations`` times (a soft k-means
+    step), then normalised once more to weigh the values. The inverse temperature adapts to the
+    input: the mean token norm of ``tokens`` (the block's normalised input) over sqrt(head_dim).
+    """
+    inverse_temperature = tokens.norm(dim=-1).mean(dim=-1)[:, None, None, None] * q.shape[-1] ** -0.5
+    total = torch.zeros_like(v)
+    for projection in (q, k, v):
+        z = projection
+        for _ in range(iterations):
+            z = F.normalize(z, dim=-1)
+            z = (z @ z.transpose(-1, -2) * inverse_temperature).softmax(-1) @ z
+        z = F.normalize(z, dim=-1)
+        total = total + (z @ z.transpose(-1, -2) * inverse_temperature).softmax(-1) @ v
+    return total / 3
+
+
 def _split_heads(block, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of a MultiheadAttention, each [B, heads, T, head_dim]."""
     attn = block.attn
@@ -195,24 +254,34 @@ def _split_heads(block, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return qkv[0], qkv[1], qkv[2]
 
 
-def _block_with_attention(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ordinary residual block, computed by hand so its attention map comes for free."""
-    q, k, v = _split_heads(block, block.ln_1(x))
+def _block_with_attention(block, x: torch.Tensor, qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ordinary residual block on ``qkv`` of ``ln_1(x)``, computed by hand so its attention
+    maps [B, heads, T, T] come for free."""
+    q, k, v = qkv
     weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
     merged = (weights @ v).transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(block.attn.out_proj(merged))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, weights.mean(dim=1)
+    return x, weights
 
 
-def _interpolated_positions(positions: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Resize the square position grid bicubically with scale ((g + 0.1) / g0), as the reference."""
+def _interpolated_positions(positions: torch.Tensor, grid_h: int, grid_w: int,
+                            antialias: bool = False) -> torch.Tensor:
+    """Resize the square position grid bicubically; the CLS position is kept as is.
+
+    Without antialiasing as the reference's SCLIP-derived code does: scale factor
+    ((g + 0.1) / g0) per axis. With antialiasing as GEM's code does: to exactly (grid_h, grid_w).
+    """
     side = int(math.isqrt(positions.shape[0] - 1))
     if (grid_h, grid_w) == (side, side):
         return positions
-    grid = positions[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    resized = F.interpolate(grid.float(), scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side),
-                            mode="bicubic", align_corners=False)
+    grid = positions[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    if antialias:
+        resized = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False, antialias=True)
+    else:
+        resized = F.interpolate(grid, scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side),
+                                mode="bicubic", align_corners=False)
     resized = resized.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1).to(positions.dtype)
     return torch.cat([positions[:1], resized])
 
@@ -230,43 +299,69 @@ def _neighbourhood_bias(grid_h: int, grid_w: int, std: float) -> torch.Tensor:
 
 def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai",
                   checkpoint: str | Path | None = None, device: str = "cpu",
-                  variant: str = "sclip", protocol: str = "freecp", seed: int = 0) -> ClipBackbone:
+                  variant: str = "sclip", protocol: str = "freecp", seed: int = 0,
+                  quick_gelu: bool | None = None) -> ClipBackbone:
     """Build the backbone from a pretrained tag, a local checkpoint file, or random weights.
 
+    The activation (QuickGELU or GELU) follows ``quick_gelu`` when given, else the tag's registry
+    entry or, for a file, the rules in ``freecp.clip.activation`` (an ambiguous file is refused);
+    ``ClipBackbone.architecture`` names what was built, and it is part of the model key.
     Random weights are used only when asked for (``pretrained=None`` or ``"none"``) and give
     meaningless segmentations; they exist for tests and plumbing checks.
     """
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model {model_name!r}; see open_clip.list_models()")
     if checkpoint is not None:
-        key = model_key(model_name, checkpoint=checkpoint)  # refuses a missing file
-        model = _create(model_name, str(Path(checkpoint).expanduser()))
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
+        try:
+            activation = checkpoint_activation(model_name, path, quick_gelu)
+        except AmbiguousActivationError:
+            raise
+        except Exception as err:  # a file torch cannot read raises whatever its unpickler or zip reader raises
+            raise WeightsUnavailableError(f"cannot read checkpoint {path}: {textwrap.shorten(str(err), 160)}") from None
+        model = _create(model_name, str(path), activation.quick_gelu)
+        key = f"{activation.architecture}/file-{file_hash(path)}"
     elif is_random(pretrained):
         warnings.warn("CLIP weights are RANDOM (--pretrained none): segmentations are meaningless; "
                       "use this only for tests and plumbing checks", stacklevel=2)
+        quick = config_quick_gelu(model_name) if quick_gelu is None else quick_gelu
+        activation = Activation(quick, architecture_name(model_name, quick), "random weights")
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = open_clip.create_model(model_name, pretrained=None)
-        key = model_key(model_name, pretrained, seed=seed)
+            model = open_clip.create_model(model_name, pretrained=None, quick_gelu=quick)
+        key = f"{activation.architecture}/random-seed{seed}"
     else:
-        model = _create(model_name, pretrained)
-        key = model_key(model_name, pretrained)
+        activation = tag_activation(model_name, pretrained, quick_gelu)
+        model = _create(model_name, pretrained, activation.quick_gelu)
+        # "openai" has always been built with QuickGELU, so its key keeps the plain model name.
+        key = f"{model_name if pretrained == 'openai' else activation.architecture}/{pretrained}"
+    logger.info("CLIP %s built as %s (%s), model key %s", model_name, activation.architecture,
+                activation.reason, key)
     return ClipBackbone(model, open_clip.get_tokenizer(model_name), model_name, key,
-                        variant=variant, protocol=protocol, device=device)
+                        variant=variant, protocol=protocol, device=device, architecture=activation.architecture)
 
 
-def _create(model_name: str, pretrained: str) -> open_clip.CLIP:
+def _create(model_name: str, source: str, quick_gelu: bool) -> open_clip.CLIP:
+    """open_clip's model with the given activation and weights from a tag or a file.
+
+    open_clip cannot read TorchScript archives (OpenAI's .pt files) since torch.load became
+    weights-only, so their tensors are loaded here and put into the model.
+    """
     try:
         with _offline_aware_loading():
-            # OpenAI's weights were trained with QuickGELU; the reference builds them that way too.
-            return open_clip.create_model(model_name, pretrained=pretrained,
-                                          force_quick_gelu=pretrained == "openai")
+            if Path(source).is_file() and is_torchscript_archive(Path(source)):
+                model = open_clip.create_model(model_name, pretrained=None, quick_gelu=quick_gelu)
+                model.load_state_dict(load_state_dict(Path(source)))
+                return model
+            return open_clip.create_model(model_name, pretrained=source, quick_gelu=quick_gelu)
     except Exception as err:  # open_clip wraps download and file errors in RuntimeError or raises OSError
         raise WeightsUnavailableError(
-            f"could not load CLIP weights {model_name}/{pretrained} "
+            f"could not load CLIP weights {model_name}/{source} "
             f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).",
             f"Offline? Download the checkpoint on a machine with internet (for example "
-            f"open_clip.create_model('{model_name}', pretrained='{pretrained}') fills the Hugging Face cache, "
+            f"open_clip.create_model('{model_name}', pretrained='{source}') fills the Hugging Face cache, "
             f"or fetch the .bin/.pt file) and pass it with {{checkpoint}}; "
             f"or use {{random}} for random weights (tests only).",
         ) from None

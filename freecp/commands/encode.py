@@ -12,6 +12,7 @@ from rich.table import Table
 
 from freecp.commands import store_check
 from freecp.commands.progress import progress_bars
+from freecp.commands.options import QUICK_GELU_HELP
 
 # The library (torch, open_clip, pyarrow) is imported inside the commands, so `freecp --help`
 # and a mistyped option answer at once.
@@ -51,6 +52,8 @@ def encode(
     model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-16",
     pretrained: Annotated[str, typer.Option(help="Pretrained tag; `none` = random weights.")] = "openai",
     clip_checkpoint: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
+    quick_gelu: Annotated[Optional[bool], typer.Option(
+        "--quick-gelu/--no-quick-gelu", help=QUICK_GELU_HELP)] = None,
     descriptions: Annotated[Optional[str], typer.Option(
         help="Description cache URL; its descriptions of the classes are encoded too.")] = None,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
@@ -67,7 +70,8 @@ def encode(
     with _user_errors(), progress_bars(progress) as on_progress:
         summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
                                     clip_checkpoint=clip_checkpoint, descriptions=descriptions,
-                                    device=device, on_progress=on_progress, batch_size=batch_size)
+                                    device=device, on_progress=on_progress, batch_size=batch_size,
+                                    quick_gelu=quick_gelu)
     typer.echo(summary.line())
 
 

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 Model = Annotated[str, typer.Option("--model", help="open_clip model name.")]
 Pretrained = Annotated[str, typer.Option("--pretrained", help="open_clip pretrained tag, or 'none' for random weights.")]
 ClipCheckpoint = Annotated[Optional[Path], typer.Option("--clip-checkpoint", help="Local CLIP checkpoint file (offline use).")]
+QUICK_GELU_HELP = ("Activation for --clip-checkpoint weights: QuickGELU (OpenAI's) or GELU. "
+                   "Default: detected from the file (see README); ambiguous files are refused.")
+QuickGelu = Annotated[Optional[bool], typer.Option("--quick-gelu/--no-quick-gelu", help=QUICK_GELU_HELP)]
 Backbone = Annotated[str, typer.Option("--backbone", help=f"Last-block variant: {', '.join(VARIANTS)}.")]
 Protocol = Annotated[str, typer.Option("--protocol", help=f"Residual/FFN protocol: {', '.join(PROTOCOLS)}.")]
 Purify = Annotated[bool, typer.Option("--purify/--no-purify", help="Run FreeCP (off: plain baseline).")]
@@ -67,6 +70,7 @@ class SegmentationOptions:
     model: Model = "ViT-B-16"
     pretrained: Pretrained = "openai"
     clip_checkpoint: ClipCheckpoint = None
+    quick_gelu: QuickGelu = None
     backbone: Backbone = SegmentSettings.variant
     protocol: Protocol = SegmentSettings.protocol
     purify: Purify = SegmentSettings.purify
@@ -111,7 +115,8 @@ class SegmentationOptions:
             segmenter = build_segmenter(vocabulary, model=weights.model, pretrained=weights.pretrained,
                                         clip_checkpoint=weights.checkpoint, store=self.store, device=self.device,
                                         settings=settings, encode_missing=not self.no_encode,
-                                        on_progress=on_progress)
+                                        on_progress=on_progress,
+                                        quick_gelu=self.quick_gelu)
         if weights.random:
             console.print("[yellow]warning: random CLIP weights: the masks are meaningless (tests only)[/]")
         return segmenter
