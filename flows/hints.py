@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from freecp.clip.model import PREFECT_PARAMETER_NAMES, WeightsUnavailableError
+from freecp.clip.errors import PREFECT_PARAMETER_NAMES, WeightsUnavailableError
 
 
 @contextmanager

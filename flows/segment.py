@@ -25,7 +25,7 @@ from freecp.flows.hints import prefect_wording
 from freecp.flows.logs import LIBRARY_LOG_HOOKS
 from freecp.flows.report import count_statuses, publish_segment_report
 from freecp.flows.retry import transient_failure
-from freecp.flows.segmenters import SegmenterSpec, segmenter_for
+from freecp.flows.segmenters import SegmenterSpec, segmenter_for, thread_policy
 from freecp.flows.vocabulary import VocabSource, load_vocabulary_task
 from freecp import inputs, pipeline
 from freecp.defaults import DEFAULT_STORE
@@ -75,6 +75,7 @@ def prepare_segmenter(spec: SegmenterSpec, encode: bool) -> None:
     """Build the segmenter once before fanning out: bad settings or a bad store fail here, and
     texts the store lacks are encoded by this one process, not by every worker."""
     check_device(spec.device)
+    get_run_logger().info("thread policy: %s", thread_policy(spec).line())
     with prefect_wording():
         segmenter_for(spec, encode_missing=encode)
 
@@ -142,6 +143,7 @@ def segment_images(
     window: int | None = None,
     stride: int | None = None,
     window_batch: int | None = None,
+    precision: str | None = None,
     max_pixels: int | None = None,
     no_encode: bool = False,
     device: str = "cpu",
@@ -152,7 +154,8 @@ def segment_images(
     """Segment the images under ``images`` that have no up-to-date outputs in ``out``.
 
     Parameters are those of ``freecp segment``; settings left as None take the vocabulary's
-    preset. ``threads`` sizes the thread pool; ``dask_address`` (``tcp://host:8786``) sends the
+    preset. ``threads`` sizes the thread pool (torch threads are split between its segmenters,
+    ``freecp.threads``); ``dask_address`` (``tcp://host:8786``) sends the
     per-image work to that Dask cluster instead. If any image failed the run ends in a Failed
     state named "Partly failed" whose message lists every failed image with its reason (each is
     also an error line in the run's log); the others are still segmented and indexed. Failures
@@ -163,7 +166,7 @@ def segment_images(
         vocabulary.name, variant=backbone, protocol=protocol, purify=purify, redundancy=redundancy,
         ambiguity=ambiguity, scope=scope, rp_threshold=rp_threshold, ap_threshold=ap_threshold,
         sc_formula=sc_formula, short_side=short_side, window=window, stride=stride,
-        window_batch=window_batch, max_pixels=max_pixels,
+        window_batch=window_batch, precision=precision, max_pixels=max_pixels,
     )
     logger = get_run_logger()
     logger.info("settings %s (hash %s)", settings.to_dict(), settings.content_hash)
@@ -171,7 +174,8 @@ def segment_images(
         logger.warning("random CLIP weights: the masks are meaningless (tests and plumbing checks only)")
     spec = SegmenterSpec(vocab=vocabulary, model=model, pretrained=pretrained,
                          clip_checkpoint=_absolute(clip_checkpoint), store=_absolute(store),
-                         device=parse_device(device), settings=settings)
+                         device=parse_device(device), settings=settings,
+                         threads=1 if dask_address else threads)
     images_root, out_dir = _absolute(images), _absolute(out)
     prepare_segmenter(spec, encode=not no_encode)
     batch = segment_batch.with_options(task_runner=task_runner_for(dask_address, threads))

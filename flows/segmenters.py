@@ -5,17 +5,26 @@ costs less. Tasks therefore carry a small, hashable ``SegmenterSpec`` instead of
 each process (the flow's own process for the thread runner, every Dask worker process for the
 Dask runner) builds the segmenter for a spec once. This module must be imported by name
 (``freecp.flows.segmenters``) so that the cache is shared by every task a process runs.
+
+The first build in a process also sets its thread policy (``freecp.threads``): as many
+segmenters run at once as the thread pool has threads, or as all Dask workers on the host have,
+and together they never ask torch for more threads than the cores. On a multi-GPU host, ``device="cuda"`` gives
+each Dask worker its own GPU, so every GPU holds one model.
 """
 
 from __future__ import annotations
 
+import re
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from freecp import pipeline
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
+from freecp.threads import ThreadPolicy, apply_thread_policy
 from freecp.vocab import Vocabulary
 
 MAX_SEGMENTERS = 2  # a long-lived Dask worker may serve a few deployments; keep memory bounded
@@ -32,6 +41,7 @@ class SegmenterSpec:
     store: str | None
     device: str
     settings: SegmentSettings
+    threads: int = 1     # segmenters this process runs at once (the flow's thread pool size)
 
 
 _lock = threading.Lock()
@@ -49,13 +59,15 @@ def segmenter_for(spec: SegmenterSpec, *, encode_missing: bool = False) -> Segme
     with _lock:
         segmenter = _segmenters.get(spec)
         if segmenter is None:
+            worker, _ = _dask_worker()
+            thread_policy(spec)
             segmenter = pipeline.build_segmenter(
                 spec.vocab,
                 model=spec.model,
                 pretrained=spec.pretrained,
                 clip_checkpoint=spec.clip_checkpoint,
                 store=spec.store,
-                device=spec.device,
+                device=device_for_worker(spec.device, worker, _cuda_devices(spec.device)),
                 settings=spec.settings,
                 encode_missing=encode_missing,
             )
@@ -66,6 +78,49 @@ def segmenter_for(spec: SegmenterSpec, *, encode_missing: bool = False) -> Segme
         else:
             _segmenters.move_to_end(spec)
         return segmenter
+
+
+def thread_policy(spec: SegmenterSpec) -> ThreadPolicy:
+    """Apply this process's thread policy. In a Dask worker the concurrent segmenters are the
+    threads of every worker on this host (several worker processes share its cores)."""
+    _, host_threads = _dask_worker()
+    return apply_thread_policy(segmenters=host_threads or spec.threads)
+
+
+def device_for_worker(device: str, worker: str | None, gpus: int) -> str:
+    """The device a worker's model goes on: plain ``cuda`` on a host with several visible GPUs
+    becomes ``cuda:<worker index mod GPUs>``; anything else is kept. The index is the worker's
+    name when that is a number or ends in ``-<number>`` (LocalCluster, ``dask worker --nworkers``),
+    else a stable hash of the name. A worker that sees one GPU (dask-cuda sets
+    ``CUDA_VISIBLE_DEVICES`` per worker) keeps ``cuda``."""
+    if device != "cuda" or gpus <= 1 or worker is None:
+        return device
+    number = re.search(r"(?:^|-)(\d+)$", worker)
+    index = int(number.group(1)) if number else zlib.crc32(worker.encode())
+    return f"cuda:{index % gpus}"
+
+
+def _dask_worker() -> tuple[str | None, int | None]:
+    """This Dask worker's name and the threads of all workers on its host, or (None, None)."""
+    try:
+        from distributed import get_client, get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None, None
+    host = urlparse(worker.address).hostname
+    workers = get_client().scheduler_info()["workers"].values()
+    host_threads = sum(int(w["nthreads"]) for w in workers if w.get("host") == host)
+    return str(worker.name), max(host_threads, int(worker.state.nthreads))
+
+
+def _cuda_devices(device: str) -> int:
+    """GPUs this process sees (CUDA_VISIBLE_DEVICES applies); 0 when the device is not CUDA."""
+    if device != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def builds() -> int:

@@ -2,11 +2,14 @@
 
 The CLI and the Prefect encode flow both call ``encode_vocabulary``; it opens the store and reads
 the descriptions before loading the CLIP model, so a bad URL fails in a second, not after the load.
+When the store already holds every text, the model is never built and torch never imported: the
+decision needs only the manifest, the stored hashes and the model key the store remembers for
+this weights request (``freecp.clip.keys``; the first run of a request builds the model once).
 """
 
 from __future__ import annotations
 
-from freecp.clip import load_backbone
+from freecp.clip.keys import weights_request
 from freecp.progress import ProgressCallback
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore, EncodeSummary
@@ -27,6 +30,15 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str, model: str = "ViT-B-16",
     """
     embeddings = EmbeddingStore(store, batch_size=batch_size)
     texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
+    request = weights_request(model, pretrained, clip_checkpoint, quick_gelu=quick_gelu)
+    key = embeddings.key_for(request)
+    summary = embeddings.up_to_date(vocab, key, texts) if key is not None else None
+    if summary is not None:
+        return summary
+    from freecp.clip.model import load_backbone
+
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
                              quick_gelu=quick_gelu)
-    return embeddings.ensure(vocab, backbone, texts, on_progress=on_progress)
+    summary = embeddings.ensure(vocab, backbone, texts, on_progress=on_progress)
+    embeddings.remember_key(request, backbone.model_key)
+    return summary

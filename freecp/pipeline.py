@@ -10,6 +10,11 @@ records at the end of a run, also when the run is interrupted or stopped by a fu
 One image never ends a run: whatever goes wrong while reading, segmenting or writing it becomes
 that image's failed record with its reason. Only a full disk stops the run (``DiskFullError``),
 as every later image would fail the same way.
+
+A folder run keeps the model busy: the next images are read and prepared in a loader thread,
+``batch_images`` prepared images go through the model together, and the outputs are written in
+a writer thread (``freecp.prefetch``). Each step is the one ``segment_one`` takes, so the files
+are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ import json
 import logging
 import time
 import weakref
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from freecp.claims import claim
@@ -36,9 +44,11 @@ from freecp.files import atomic_write
 from freecp.inputs import ImageSearch, find_images
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
 from freecp.layout import RECORDS_DIR, OutputPaths, output_paths, prepare_output
+from freecp.prefetch import WriteBehind, read_ahead
 from freecp.progress import ProgressCallback
-from freecp.segmenter import Segmenter, Segmentation
+from freecp.segmenter import PreparedImage, Segmentation, Segmenter
 from freecp.settings import SegmentSettings
+from freecp.threads import ThreadPolicy, current_policy
 from freecp.vocab import Vocabulary
 
 INDEX_NAME = "records.parquet"
@@ -98,6 +108,7 @@ class RunSummary:
     records: list[ImageRecord]
     index: Path | None
     seconds: float
+    threads: ThreadPolicy | None = None  # the thread split in force, when one was applied
     outside_links: list[Path] = field(default_factory=list)  # symlinks leading out, not followed
 
     def count(self, status: str) -> int:
@@ -172,17 +183,38 @@ def names_cut_by_context(tokenizer, names: list[str]) -> list[str]:
     return [name for name in names if len(encode(name)) + overhead > context]
 
 
-def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_dir: Path,
-                key: str | None = None) -> ImageRecord:
-    """Segment one image file unless its outputs are up to date or another run has claimed it.
+@dataclass
+class _Job:
+    """One image on its way through a run: its record so far, its claim and, once read, its pixels.
 
-    Never raises for anything about this one image (its record says what went wrong); raises
-    ``DiskFullError`` when the output filesystem is full.
+    The steps are ``_open_job`` (paths, up-to-date check, claim), ``_load`` (read and prepare),
+    the model (``segment_one`` alone, or ``segment_folder`` in batches) and ``_finish`` (outputs
+    and record, claim released). A job whose ``paths`` is None is settled (bad path, up to date,
+    claimed by another run) and only passes through.
     """
+
+    record: ImageRecord
+    source: Path
+    paths: OutputPaths | None = None
+    claim: ExitStack = field(default_factory=ExitStack)
+    image: np.ndarray | None = None
+    prepared: PreparedImage | None = None
+    error: BaseException | None = None  # what went wrong reading or segmenting this image
+    seconds: float = 0.0                # work done for this image so far
+
+    def release(self) -> None:
+        """Give the claim back (idempotent)."""
+        self.claim.close()
+
+
+def _open_job(image_path: Path, images_root: Path, out_dir: Path, key: str) -> _Job:
+    """Output paths, the up-to-date check and the claim; the job comes back settled when
+    nothing is to do here."""
     start = time.perf_counter()
     image_path, out_dir = Path(image_path), Path(out_dir)
     relative = image_path.name if Path(images_root).is_file() else image_path.relative_to(images_root)
-    record = ImageRecord(path=Path(relative).as_posix(), status="failed", run_key=key or run_key(segmenter))
+    job = _Job(ImageRecord(path=Path(relative).as_posix(), status="failed", run_key=key), image_path)
+    record = job.record
     try:
         paths = output_paths(out_dir, relative)
         record.mask = paths.mask.relative_to(out_dir).as_posix()
@@ -190,32 +222,85 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
         record.content_hash = hashlib.sha256(image_path.read_bytes()).hexdigest()[:16]
     except (OSError, ValueError) as err:
         record.error = f"cannot use this path: {err}"
-        return _logged(record)
+        return job
     if (previous := _up_to_date(paths, record, out_dir)) is not None:
-        return previous
-    with claim(paths.claim) as owned:
-        if not owned:
-            record.status, record.error = "claimed", "another run is segmenting this image"
-            return record
-        if (previous := _up_to_date(paths, record, out_dir)) is not None:
-            return previous  # the other run finished it just before our claim
+        job.record = previous
+        return job
+    if not job.claim.enter_context(claim(paths.claim)):
+        record.status, record.error = "claimed", "another run is segmenting this image"
+        return job
+    if (previous := _up_to_date(paths, record, out_dir)) is not None:
+        job.release()
+        job.record = previous  # the other run finished it just before our claim
+        return job
+    job.paths = paths
+    job.seconds = time.perf_counter() - start
+    return job
+
+
+def _load(segmenter: Segmenter, job: _Job) -> _Job:
+    """Decode the image and prepare its windows (the loader thread's part of a run)."""
+    if job.paths is None:
+        return job
+    start = time.perf_counter()
+    try:
+        job.image = read_image(job.source, segmenter.settings.max_pixels)
+        job.prepared = segmenter.prepare(job.image)
+    except Exception as err:  # noqa: BLE001 - one image never ends a run; its record keeps why
+        job.error = err
+    job.seconds += time.perf_counter() - start
+    return job
+
+
+def _segment(segmenter: Segmenter, jobs: list[_Job]) -> list[Segmentation | None]:
+    """The model's part: the prepared images of ``jobs`` segmented together, each job's share of
+    the time booked to it. Should the shared call fail, each image is tried alone, so the error
+    lands on the image that caused it and the others are still done."""
+    todo = [job for job in jobs if job.prepared is not None]
+    begin = time.perf_counter()
+    try:
+        results = segmenter.segment_batch([job.prepared for job in todo]) if todo else []
+    except Exception:  # noqa: BLE001 - retried one by one below
+        results = []
+        for job in todo:
+            try:
+                results.append(segmenter.segment(job.prepared))
+            except Exception as err:  # noqa: BLE001 - one image never ends a run
+                job.error = err
+                results.append(None)
+    for job in todo:
+        job.seconds += (time.perf_counter() - begin) / len(todo)
+    by_job = dict(zip(map(id, todo), results))
+    return [by_job.get(id(job)) for job in jobs]
+
+
+def _finish(segmenter: Segmenter, out_dir: Path, job: _Job, result: Segmentation | None) -> ImageRecord:
+    """Write the mask, the overlay and, last, the record, then release the claim (the writer
+    thread's part of a run). Raises ``DiskFullError`` when the output filesystem is full."""
+    record, paths = job.record, job.paths
+    if paths is None:
+        return _logged(record)
+    start = time.perf_counter()
+    try:
         try:
-            image = read_image(image_path, segmenter.settings.max_pixels)
-            result = segmenter.segment(image)
-            _write_outputs(paths, image, result, segmenter.vocab)
-            _fill(record, image, result, segmenter)
+            if job.error is not None:
+                raise job.error
+            _write_outputs(paths, job.image, result, segmenter.vocab)
+            _fill(record, job.image, result, segmenter)
         except Exception as err:  # noqa: BLE001 - one image never ends a run; its record keeps why
             _discard_outputs(paths)
             _stop_if_disk_full(err)
             reason = str(err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
             record.error = reason[:ERROR_CHARS]
-        record.seconds = round(time.perf_counter() - start, 4)
+        record.seconds = round(job.seconds + time.perf_counter() - start, 4)
         try:
             atomic_write(paths.record, json.dumps(record.to_dict()).encode())
         except OSError as err:
             _discard_outputs(paths)  # outputs without their record would be redone anyway
             _stop_if_disk_full(err)
             record.status, record.error = "failed", f"cannot write its record: {err}"[:ERROR_CHARS]
+    finally:
+        job.release()
     return _logged(record)
 
 
@@ -268,37 +353,95 @@ def _logged(record: ImageRecord) -> ImageRecord:
     return record
 
 
+def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_dir: Path,
+                key: str | None = None) -> ImageRecord:
+    """Segment one image file unless its outputs are up to date or another run has claimed it.
+
+    Never raises for anything about this one image (its record says what went wrong); raises
+    ``DiskFullError`` when the output filesystem is full.
+    """
+    job = _open_job(image_path, images_root, out_dir, key or run_key(segmenter))
+    try:
+        job = _load(segmenter, job)
+        (result,) = _segment(segmenter, [job])
+        return _finish(segmenter, Path(out_dir), job, result)
+    finally:
+        job.release()
+
+
 def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True,
                    files: Sequence[Path] | None = None, follow_symlinks: bool = False) -> RunSummary:
     """Segment every image under ``images_root`` (or only ``files``, paths below it, such as a
     benchmark's split) into ``out_dir``, skipping up-to-date ones.
 
+    The settings' ``prefetch`` batches are read ahead, ``batch_images`` images share model
+    calls and the outputs are written behind (the steps of ``segment_one``, so the files are the
+    same bit for bit); the summary reports the thread policy in force (``freecp.threads``).
     The index is written however the loop ends (finished, interrupted, disk full); the summary
     of an interrupted or stopped run travels on the exception as ``err.summary``.
     """
     start = time.perf_counter()
+    out_dir = Path(out_dir)
     search = find_images(images_root, exclude=out_dir, follow_symlinks=follow_symlinks) if files is None \
         else ImageSearch(list(files), [])
     if not search.images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_root}")
     prepare_output(out_dir)
     key = run_key(segmenter)
+    settings = segmenter.settings
     records: list[ImageRecord] = []
+    opened: list[_Job] = []  # every job that may hold a claim, released whatever happens
+
+    def open_and_load(path: Path) -> _Job:
+        job = _open_job(path, images_root, out_dir, key)
+        opened.append(job)
+        return _load(segmenter, job)
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    jobs = read_ahead(search.images, open_and_load, settings.prefetch * settings.batch_images)
     try:
-        with Progress(*columns, disable=not progress) as bar:
+        with Progress(*columns, disable=not progress) as bar, WriteBehind(2 * settings.batch_images) as writer:
             task = bar.add_task("segmenting", total=len(search.images), rate="")
-            for number, path in enumerate(search.images, start=1):
-                records.append(segment_one(segmenter, path, images_root, out_dir, key))
-                rate = number / (time.perf_counter() - start)
-                bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+            pending: deque[Future[ImageRecord]] = deque()
+
+            def collect(block: bool) -> None:
+                """Take finished records in order (all of them when ``block``); a full disk
+                raises here, in the run's thread."""
+                while pending and (block or pending[0].done()):
+                    records.append(pending.popleft().result())
+                    rate = len(records) / (time.perf_counter() - start)
+                    bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+
+            for batch in _batches(jobs, settings.batch_images):
+                for job, result in zip(batch, _segment(segmenter, batch)):
+                    pending.append(writer.submit(_finish, segmenter, out_dir, job, result))
+                collect(block=False)
+            collect(block=True)
     except BaseException as err:
-        err.summary = RunSummary(records, _index_on_the_way_out(out_dir, records),  # type: ignore[attr-defined]
-                                 time.perf_counter() - start, search.outside_links)
+        err.summary = RunSummary(  # type: ignore[attr-defined]
+            records=records, index=_index_on_the_way_out(out_dir, records), seconds=time.perf_counter() - start,
+            threads=current_policy(), outside_links=search.outside_links)
         raise
+    finally:
+        jobs.close()  # stops the loader thread before the claims it took are released
+        for job in opened:
+            job.release()
     return RunSummary(records=records, index=write_index(out_dir, records), seconds=time.perf_counter() - start,
-                      outside_links=search.outside_links)
+                      threads=current_policy(), outside_links=search.outside_links)
+
+
+def _batches(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
+    """Groups of jobs holding ``size`` images to segment (settled jobs ride along)."""
+    batch, images = [], 0
+    for job in jobs:
+        batch.append(job)
+        images += job.prepared is not None
+        if images == size:
+            yield batch
+            batch, images = [], 0
+    if batch:
+        yield batch
 
 
 def _index_on_the_way_out(out_dir: Path, records: list[ImageRecord]) -> Path | None:

@@ -4,15 +4,19 @@ One call runs the whole method on one image (ALGORITHM.md sections 2-6):
 resize and normalise -> sliding windows -> one batched dense forward (attention captured) ->
 CAM -> refinement -> redundancy purification -> ambiguity purification (crops of all groups in
 one batch) -> composition of the surviving maps -> label map at the original size.
+``segment_batch`` runs the same stages for several images at once, with the windows of all of
+them sharing backbone calls and their AP crops sharing one crop-encoder call.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,6 +35,7 @@ CLIP_MEAN = torch.tensor([122.771, 116.746, 104.094]).view(3, 1, 1)
 CLIP_STD = torch.tensor([68.501, 66.632, 70.323]).view(3, 1, 1)
 MAX_LONG_SIDE = 2048
 COMPOSE_CHUNK = 32  # classes composed at full resolution at a time (bounds memory for big vocabularies)
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # --precision fp32 runs without autocast
 
 
 @dataclass
@@ -79,6 +84,27 @@ class _Windows:
         return [(y, x) for y in self.rows for x in self.cols]
 
 
+@dataclass
+class PreparedImage:
+    """An image resized, normalised and cut into windows (``Segmenter.prepare``): all the input
+    work, which a loader thread can do while the model runs on the previous image."""
+
+    size: tuple[int, int]             # the original image's (height, width)
+    windows: _Windows
+    seconds: float                    # time the preparation took
+
+
+@dataclass
+class _ModelCall:
+    """What one image's stages need from the model next: ``kind`` is "dense" (windows) or
+    "crops"; the time of the shared call is booked to ``stage`` of ``timer``, pro rata."""
+
+    kind: str
+    pixels: torch.Tensor              # [n, 3, h, w]
+    timer: "_StageTimer"
+    stage: str
+
+
 class Segmenter:
     """Dense CLIP segmentation with FreeCP purification. Build once; segment many images."""
 
@@ -103,28 +129,64 @@ class Segmenter:
             self.ap_targets = "descriptions"
 
     # ------------------------------------------------------------------ public
-    def segment(self, image: np.ndarray, trace: SegmentTrace | None = None) -> Segmentation:
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """Resize, normalise and cut an HxWx3 uint8 RGB image into windows (no model involved)."""
+        start = time.perf_counter()
+        windows = self._windows(self._preprocess(image))
+        return PreparedImage(tuple(image.shape[:2]), windows, time.perf_counter() - start)
+
+    def segment(self, image: np.ndarray | PreparedImage, trace: SegmentTrace | None = None) -> Segmentation:
         """Label an HxWx3 uint8 RGB image; the label map has the image's own size.
 
         ``trace``, when given, is filled with every per-window stage (see ``freecp.trace``).
         """
+        return self.segment_batch([image], [trace])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray | PreparedImage],
+                      traces: Sequence[SegmentTrace | None] | None = None) -> list[Segmentation]:
+        """Segment several images at once; each result equals ``segment`` of that image alone.
+
+        Every image runs ``_stages``, which pauses where it needs the model; the pending requests
+        of all images are served together: all windows (grouped by shape) in calls of
+        ``window_batch``, all AP crops in one call. The backbone's numbers for a window or a crop
+        do not depend on what it shares a call with (``ClipBackbone.encode_crops``), so batching
+        changes nothing but speed. ``traces`` (one per image, or None) are filled as ``segment``'s.
+        """
+        traces = list(traces) if traces is not None else [None] * len(images)
+        runs = [self._stages(image, trace) for image, trace in zip(images, traces, strict=True)]
+        results: list[Segmentation | None] = [None] * len(runs)
+        calls: list[_ModelCall | None] = [None] * len(runs)
+        answers: list[Any] = [None] * len(runs)
+        pending = list(range(len(runs)))
+        while pending:
+            for i in pending:
+                try:
+                    calls[i] = runs[i].send(answers[i])
+                except StopIteration as finished:
+                    calls[i], results[i] = None, finished.value
+            pending = [i for i in pending if calls[i] is not None]
+            answers = self._serve(calls)
+        return results
+
+    # ------------------------------------------------------------------ stages
+    def _stages(self, image: np.ndarray | PreparedImage,
+                trace: SegmentTrace | None = None) -> Generator[_ModelCall, Any, Segmentation]:
+        """One image through the method; ``yield`` hands a model call to ``segment_batch``."""
         timer = _StageTimer()
         s = self.settings
-        with timer("input"):
-            windows = self._windows(self._preprocess(image))
+        prepared = image if isinstance(image, PreparedImage) else self.prepare(image)
+        timer.seconds["input"] += prepared.seconds
+        windows, original = prepared.windows, prepared.size
         if trace is not None:
             trace.windows, trace.origins = windows.pixels, windows.origins
-        with timer("backbone"):
-            outputs = [self.backbone.dense_forward(chunk) for chunk in windows.pixels.split(s.window_batch)]
-            features = torch.cat([o.features for o in outputs])
-            attention = torch.cat([o.attention for o in outputs])
+        features, attention = yield _ModelCall("dense", windows.pixels, timer, "backbone")
         with timer("cam"):
             probs = query_softmax(features, self.embeddings.queries, self.backbone.logit_scale)
             cams = class_maps(probs, self.embeddings.query_class, len(self.vocab))
         if not s.purify:
             with timer("compose"):
                 labels, scores = self._compose(cams, torch.arange(len(self.vocab)), windows,
-                                               image.shape[:2], background_from_max=False)
+                                               original, background_from_max=False)
             return Segmentation(labels, scores, None, dict(timer.seconds))
 
         fg_cams = cams[:, self.foreground]
@@ -145,19 +207,77 @@ class Segmenter:
         if s.ambiguity and len(classes) > 1:
             with timer("ap"):
                 if s.scope == "window":
-                    maps, groups = self._ambiguity_per_window(maps, classes, windows, trace is not None)
+                    groups, crops, crop_counts = self._ambiguity_per_window(maps, classes, windows,
+                                                                            trace is not None)
                 else:
-                    maps, groups = self._ambiguity_per_image(maps, classes, windows)
+                    groups, crops, crop_counts = self._ambiguity_per_image(maps, classes, windows)
+            embedded = (yield _ModelCall("crops", torch.stack(crops), timer, "ap")) if crops \
+                else self.crop_targets[:0]
+            with timer("ap"):
+                maps = self._settle(maps, classes, groups, embedded, crop_counts)
         if trace is not None:
             trace.after_ap, trace.groups = scatter_columns(maps, survivors, len(self.foreground)), groups
         with timer("compose"):
-            labels, scores = self._compose(maps, classes, windows, image.shape[:2],
+            labels, scores = self._compose(maps, classes, windows, original,
                                            background_from_max=self.vocab.has_background)
         if trace is not None:
-            trace.scores, trace.score_classes = self._canvas(maps, windows, image.shape[:2]), classes
+            trace.scores, trace.score_classes = self._canvas(maps, windows, original), classes
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
-        report = self._report(rp_scores, survivors, alive, groups, windows, image.shape[:2])
+        report = self._report(rp_scores, survivors, alive, groups, windows, original)
         return Segmentation(labels, scores, report, dict(timer.seconds))
+
+    # ------------------------------------------------------------------ model
+    def _serve(self, calls: list[_ModelCall | None]) -> list[Any]:
+        """Answer every pending call, one shared batch per kind; each call's share of the time
+        (by its number of windows or crops) goes to its image's timer."""
+        answers: list[Any] = [None] * len(calls)
+        kinds: dict[str, Callable[[list[torch.Tensor]], list[Any]]] = {
+            "dense": self._dense_forward, "crops": self._encode_crops}
+        for kind, serve in kinds.items():
+            asking = [i for i, call in enumerate(calls) if call is not None and call.kind == kind]
+            if not asking:
+                continue
+            start = time.perf_counter()
+            with self.model_precision():
+                served = serve([self._to_host(calls[i].pixels) for i in asking])
+            seconds = time.perf_counter() - start
+            total = sum(len(calls[i].pixels) for i in asking)
+            for i, answer in zip(asking, served):
+                answers[i] = answer
+                calls[i].timer.seconds[calls[i].stage] += seconds * len(calls[i].pixels) / total
+        return answers
+
+    def _dense_forward(self, pixel_sets: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(features, attention) per image; windows of one shape share calls of ``window_batch``."""
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, pixels in enumerate(pixel_sets):
+            by_shape[tuple(pixels.shape[1:])].append(i)
+        out: list[Any] = [None] * len(pixel_sets)
+        for members in by_shape.values():
+            windows = torch.cat([pixel_sets[i] for i in members])
+            outputs = [self.backbone.dense_forward(chunk) for chunk in windows.split(self.settings.window_batch)]
+            counts = [len(pixel_sets[i]) for i in members]
+            features = torch.cat([o.features for o in outputs]).split(counts)
+            attention = torch.cat([o.attention for o in outputs]).split(counts)
+            for i, f, a in zip(members, features, attention):
+                out[i] = (f, a)
+        return out
+
+    def _encode_crops(self, crop_sets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """AP crops of every image in one crop-encoder call; embeddings per image."""
+        return list(self.backbone.encode_crops(torch.cat(crop_sets)).split([len(c) for c in crop_sets]))
+
+    def model_precision(self) -> AbstractContextManager:
+        """The context model calls run in: half-precision autocast when ``precision`` asks for it
+        (fp32: none)."""
+        dtype = AUTOCAST_DTYPES.get(self.settings.precision)
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(_device_type(self.backbone), dtype=dtype)
+
+    def _to_host(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pinned host memory for the copy to a CUDA device; unchanged elsewhere."""
+        return pixels.pin_memory() if _device_type(self.backbone) == "cuda" else pixels
 
     # ------------------------------------------------------------------ input
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -197,8 +317,10 @@ class Segmenter:
         return scores, keep
 
     def _ambiguity_per_window(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows,
-                              every_valid_box: bool = False) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
-        """Plan groups in every window, classify all their crops in one batch, zero the losers.
+                              every_valid_box: bool = False,
+                              ) -> tuple[list[AmbiguityGroup], list[torch.Tensor], list[int]]:
+        """Plan groups in every window and cut their crops (classified together by ``_settle``);
+        also the number of crops per group.
 
         ``every_valid_box`` also encodes the valid boxes of groups that a degenerate box keeps
         whole (their winners change nothing; a trace records them, as the reference does).
@@ -212,11 +334,12 @@ class Segmenter:
         boxes = [g.valid_boxes if every_valid_box else g.crop_boxes for g in groups]
         crops = [self._crop(windows.pixels[g.scope], box) for g, group_boxes in zip(groups, boxes)
                  for box in group_boxes]
-        return self._settle(maps, classes, groups, crops, [len(b) for b in boxes]), groups
+        return groups, crops, [len(b) for b in boxes]
 
     def _ambiguity_per_image(self, maps: torch.Tensor, classes: torch.Tensor,
-                             windows: _Windows) -> tuple[torch.Tensor, list[AmbiguityGroup]]:
-        """Image-scope AP: one set of groups from the composed maps at patch resolution."""
+                             windows: _Windows) -> tuple[list[AmbiguityGroup], list[torch.Tensor], None]:
+        """Image-scope AP: one set of groups from the composed maps at patch resolution (each
+        group's crops are its crop boxes, so no crop counts)."""
         s = self.settings
         p = self.backbone.patch_size
         height, width = windows.size
@@ -224,11 +347,11 @@ class Segmenter:
         groups = plan_ambiguity(image_maps, list(range(len(classes))), s.ap_threshold, s.box_threshold,
                                 box_rule=s.box_rule)
         crops = [self._crop(windows.image, box) for g in groups for box in g.crop_boxes]
-        return self._settle(maps, classes, groups, crops), groups
+        return groups, crops, None
 
     def _settle(self, maps: torch.Tensor, classes: torch.Tensor, groups: list[AmbiguityGroup],
-                crops: list[torch.Tensor], crop_counts: list[int] | None = None) -> torch.Tensor:
-        """Re-classify all crops in one batch; zero each group's losers in its window (or all).
+                embedded: torch.Tensor, crop_counts: list[int] | None = None) -> torch.Tensor:
+        """Re-classify the crops from their embeddings; zero each group's losers in its window (or all).
 
         Group members arrive as indices into ``classes`` and leave as vocabulary indices.
         """
@@ -236,7 +359,6 @@ class Segmenter:
             return maps
         for g in groups:
             g.members = [int(classes[m]) for m in g.members]
-        embedded = self.backbone.encode_crops(torch.stack(crops)) if crops else self.crop_targets[:0]
         resolve_groups(groups, embedded, self.crop_targets, self.backbone.logit_scale, crop_counts)
         column = {int(c): i for i, c in enumerate(classes)}
         maps = maps.clone()
@@ -356,6 +478,12 @@ def _linear_resize_matrix(source: int, target: int) -> torch.Tensor:
     bilinear 2-D resizing is this applied along each axis."""
     eye = torch.eye(source)[None]                             # channels = source positions
     return F.interpolate(eye, size=target, mode="linear", align_corners=False)[0].T
+
+
+def _device_type(backbone) -> str:
+    """The backbone's torch device type; stand-ins without a device count as the CPU."""
+    device = getattr(backbone, "device", None)
+    return torch.device(device).type if device is not None else "cpu"
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:

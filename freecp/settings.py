@@ -17,10 +17,14 @@ Variant = Literal["maskclip", "sclip", "clearclip", "naclip", "vanilla", "gem"]
 Protocol = Literal["freecp", "original"]
 ScFormula = Literal["half-dice", "soft-iou"]
 PurifyScope = Literal["window", "image"]
+Precision = Literal["fp32", "fp16", "bf16"]
 BoxRule = Literal["contours", "components"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)    # the one list of last-block variants
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+# How a run is carried out, not what it computes: left out of the settings hash.
+RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "max_pixels")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class SegmentSettings:
     box_rule: BoxRule = "contours"  # AP crops: one per contour, holes too (reference), or per component
     crop_size: int = 112           # AP crops are resized to this square
     window_batch: int = 16         # windows per backbone call
+    batch_images: int = 1          # images whose windows and crops share model calls (same outputs)
+    prefetch: int = 2              # images read and prepared ahead of the model (0: in turn)
+    precision: Precision = "fp32"  # model calls in fp32, or autocast to fp16 / bf16 (not exact)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
 
     def __post_init__(self) -> None:
@@ -54,7 +61,7 @@ class SegmentSettings:
             raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
         if self.scope not in ("window", "image"):
             raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
-        for name in ("short_side", "window", "crop_size", "window_batch", "max_pixels"):
+        for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "max_pixels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
@@ -62,6 +69,10 @@ class SegmentSettings:
             raise ValueError(f"unknown box rule {self.box_rule!r}; choose contours or components")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
+            raise ValueError(f"prefetch must be a whole number of at least 0, not {self.prefetch!r}")
 
     def replace(self, **changes: Any) -> "SegmentSettings":
         """A copy with some fields changed; ``None`` values are ignored (unset CLI options)."""
@@ -71,8 +82,8 @@ class SegmentSettings:
         return dataclasses.asdict(self)
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that change outputs (batching and the pixel guard do not)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("window_batch", "max_pixels")}
+        """The fields that change outputs (batching, prefetching and the pixel guard do not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     @property
     def content_hash(self) -> str:

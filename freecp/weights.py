@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RANDOM_PRETRAINED = ("none", "random")  # --pretrained values that mean random weights
+RANDOM_PRETRAINED = ("", "none", "random")  # --pretrained values (any case) that mean random weights
+
+
+def is_random(pretrained: str | None) -> bool:
+    """Whether a pretrained tag asks for random weights (``None`` does too)."""
+    return pretrained is None or pretrained.lower() in RANDOM_PRETRAINED
 
 
 @dataclass(frozen=True)
@@ -18,7 +23,7 @@ class Weights:
     @property
     def random(self) -> bool:
         """Random weights (tests and plumbing only): asked for by tag, and no checkpoint given."""
-        return self.checkpoint is None and self.pretrained.lower() in RANDOM_PRETRAINED
+        return self.checkpoint is None and is_random(self.pretrained)
 
     def describe(self) -> str:
         if self.checkpoint:

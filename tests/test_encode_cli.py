@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -78,6 +80,37 @@ def test_encode_then_reuse_then_ls_and_inspect(tmp_path, vocab_file, description
     assert "none (AP uses class names)" in rows["dog"]
     assert "background (no AP)" in rows["sky"]
     assert "foreground classes: 1 with descriptions, 1 without" in inspected.output
+
+
+def _imported_modules(stderr: str) -> set[str]:
+    """Top-level module names from ``python -X importtime`` output."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_rerun_decides_from_the_store_without_building_the_model(tmp_path, tiny_backbone, vocab_file,
+                                                                   description_cache):
+    """The second run is a real process: `-X importtime` shows whether torch or open_clip were loaded."""
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), checkpoint)
+    store = tmp_path / "embeddings"
+    for weights in (["--pretrained", "none"], ["--clip-checkpoint", checkpoint]):
+        args = ["encode", vocab_file, "--store", store, "--descriptions", description_cache,
+                "--model", "freecp-tiny", *weights, "--no-progress"]
+        first = run(*args)
+        assert first.exit_code == 0 and "encoded 6 texts" in first.output, first.output
+        assert "model not loaded" not in first.output
+        again = subprocess.run([sys.executable, "-X", "importtime", "-m", "freecp", *map(str, args)],
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "encoded 0 texts" in again.stdout and "reused 6" in again.stdout
+        assert "(up to date: model not loaded)" in again.stdout
+        modules = _imported_modules(again.stderr)
+        assert "freecp.encoding" in modules and not modules & {"torch", "open_clip"}
+
+    grown = tmp_path / "pets-and-cows.txt"
+    grown.write_text(vocab_file.read_text() + "cow\n", encoding="utf-8")
+    more = run("encode", grown, "--store", store, *TINY)
+    assert more.exit_code == 0 and "encoded 1 texts" in more.output and "model not loaded" not in more.output
 
 
 def test_inspect_reports_a_vocabulary_that_was_not_encoded(tmp_path, vocab_file):

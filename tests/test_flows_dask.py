@@ -14,11 +14,18 @@ from PIL import Image
 
 from freecp.flows import segmenters
 from freecp.flows.segment import segment_images
+from freecp.threads import available_cores
 from tests.fixtures_prefect import FLOW_VOCAB, TINY_CLIP, copy_samples
 
 
 def _executed(dask_worker) -> int:
     return dask_worker.state.executed_count
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path) -> None:
@@ -34,6 +41,7 @@ def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path)
         state = segment_images(images=str(images), vocab=FLOW_VOCAB, out=str(out), store=str(store),
                                dask_address=cluster.scheduler_address, return_state=True, **TINY_CLIP)
         builds = client.run(segmenters.builds)
+        torch_threads = client.run(_torch_threads)
         executed = client.run(_executed)
         pids = set(client.run(os.getpid).values())
 
@@ -43,4 +51,6 @@ def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path)
     assert sum(executed.values()) == 6
     assert all(n >= 1 for n in executed.values()), executed  # both workers took images
     assert builds == {address: 1 for address in executed}, (builds, executed)
+    # two single-thread workers share this host's cores (thread policy, freecp.threads)
+    assert torch_threads == {address: max(1, available_cores() // 2) for address in executed}
     assert len(list((out / "masks").iterdir())) == 6

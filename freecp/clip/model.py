@@ -13,7 +13,6 @@ file, or explicitly requested random weights. The returned ``ClipBackbone`` runs
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import socket
@@ -32,12 +31,14 @@ import torch.nn.functional as F
 
 from freecp.clip.activation import (Activation, AmbiguousActivationError, architecture_name, checkpoint_activation, config_quick_gelu,
                                     is_torchscript_archive, load_state_dict, tag_activation)
+from freecp.clip.errors import WeightsUnavailableError
+from freecp.clip.keys import file_hash
+from freecp.weights import is_random
 from freecp.resources import MODEL_CONFIGS, shipped
 
 open_clip.add_model_config(shipped(MODEL_CONFIGS))
 logger = logging.getLogger(__name__)
 
-RANDOM_TAGS = (None, "", "none", "random")
 NACLIP_GAUSSIAN_STD = 5.0  # patches
 GEM_BLOCKS = 6             # GEM's self-self attention path runs beside the last 6 blocks (its depth 7)
 GEM_ITERATIONS = 1         # GEM's self-self clustering steps before the final assignment to values
@@ -69,27 +70,6 @@ ANTIALIASED_POSITIONS = frozenset({"gem"})
 # (protocol, variant) whose refinement uses ONE head's attention instead of the head average:
 # the reference's GEM refines with head 0 (ALGORITHM.md section 10).
 REFINEMENT_HEAD: dict[tuple[str, str], int] = {("freecp", "gem"): 0}
-
-
-# The remedy for missing weights names the options of whoever reads it: command-line flags, or
-# the parameters of a Prefect deployment run (``WeightsUnavailableError.reworded``).
-CLI_OPTION_NAMES = {"checkpoint": "--clip-checkpoint FILE", "random": "--pretrained none"}
-PREFECT_PARAMETER_NAMES = {"checkpoint": "--param clip_checkpoint=FILE", "random": "--param pretrained=none"}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (typically: no network and no local file).
-
-    ``problem`` says what failed; ``remedy`` (a template over the option names) says what to do.
-    """
-
-    def __init__(self, problem: str, remedy: str = "", names: dict[str, str] = CLI_OPTION_NAMES):
-        self.problem, self.remedy = problem, remedy
-        super().__init__(f"{problem}\n{remedy.format(**names)}" if remedy else problem)
-
-    def reworded(self, names: dict[str, str]) -> WeightsUnavailableError:
-        """The same error, its remedy naming other options (e.g. ``PREFECT_PARAMETER_NAMES``)."""
-        return WeightsUnavailableError(self.problem, self.remedy, names)
 
 
 @dataclass
@@ -180,8 +160,11 @@ class ClipBackbone:
         """Crops [B, 3, S, S] (CLIP-normalised) to L2-normalised CLS embeddings [B, D] (plain path)."""
         x, _, _ = self._trunk(crops.to(self.device), dense=False)
         x = self.model.visual.transformer.resblocks[-1](x)
-        cls = self.model.visual.ln_post(x[:, 0]) @ self.model.visual.proj
-        return F.normalize(cls.float(), dim=-1).cpu()
+        cls = self.model.visual.ln_post(x[:, 0])
+        # One [1, width] @ proj per crop: a plain matmul over a few rows picks its CPU kernel by the
+        # row count, so a crop's embedding would depend on how many crops share the call.
+        projected = torch.bmm(cls[:, None], self.model.visual.proj.expand(len(cls), -1, -1))[:, 0]
+        return F.normalize(projected.float(), dim=-1).cpu()
 
     def _trunk(self, images: torch.Tensor, dense: bool
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -339,8 +322,8 @@ def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai
         except Exception as err:  # a file torch cannot read raises whatever its unpickler or zip reader raises
             raise WeightsUnavailableError(f"cannot read checkpoint {path}: {textwrap.shorten(str(err), 160)}") from None
         model = _create(model_name, str(path), activation.quick_gelu)
-        key = f"{activation.architecture}/file-{_file_hash(path)}"
-    elif pretrained in RANDOM_TAGS:
+        key = f"{activation.architecture}/file-{file_hash(path)}"
+    elif is_random(pretrained):
         warnings.warn("CLIP weights are RANDOM (--pretrained none): segmentations are meaningless; "
                       "use this only for tests and plumbing checks", stacklevel=2)
         quick = config_quick_gelu(model_name) if quick_gelu is None else quick_gelu
@@ -405,11 +388,3 @@ def _offline_aware_loading() -> Iterator[None]:
     finally:
         logging.disable(logging.NOTSET)
         hub.HF_HUB_OFFLINE = previous
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]

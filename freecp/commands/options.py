@@ -16,7 +16,7 @@ from rich.console import Console
 
 from freecp.commands.progress import progress_bars
 from freecp.defaults import DEFAULT_STORE
-from freecp.settings import PROTOCOLS, VARIANTS, SegmentSettings, settings_for
+from freecp.settings import PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
 from freecp.weights import Weights
 
 if TYPE_CHECKING:
@@ -47,6 +47,12 @@ ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Resize t
 Window = Annotated[Optional[int], typer.Option("--window", help="Sliding-window size in pixels.")]
 Stride = Annotated[Optional[int], typer.Option("--stride", help="Sliding-window stride in pixels.")]
 WindowBatch = Annotated[Optional[int], typer.Option("--window-batch", help="Windows per backbone call.")]
+BatchImages = Annotated[Optional[int], typer.Option(
+    "--batch-images", help="Images whose windows and AP crops share model calls (same outputs; for GPUs).")]
+Prefetch = Annotated[Optional[int], typer.Option(
+    "--prefetch", help="Batches of images read and prepared ahead of the model (0: in turn).")]
+Precision = Annotated[Optional[str], typer.Option(
+    "--precision", help=f"Model precision: {', '.join(PRECISIONS)} (fp16/bf16 autocast: for GPUs, not exact).")]
 MaxPixels = Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
 Store = Annotated[str, typer.Option("--store", help="Embedding store (directory or s3:// URL).")]
 NoEncode = Annotated[bool, typer.Option("--no-encode", help="Fail instead of encoding texts missing from the store.")]
@@ -79,6 +85,9 @@ class SegmentationOptions:
     window: Window = None
     stride: Stride = None
     window_batch: WindowBatch = None
+    batch_images: BatchImages = None
+    prefetch: Prefetch = None
+    precision: Precision = None
     max_pixels: MaxPixels = None
     store: Store = DEFAULT_STORE
     no_encode: NoEncode = False
@@ -94,9 +103,12 @@ class SegmentationOptions:
         return settings_for(preset, variant=self.backbone, **overrides)
 
     def open_segmenter(self, vocabulary: Vocabulary, settings: SegmentSettings, console: Console) -> Segmenter:
-        """Build the segmenter; random weights are announced once, on ``console``."""
+        """Build the segmenter, after setting this process's thread policy (one segmenter at a
+        time); random weights are announced once, on ``console``."""
         from freecp.pipeline import build_segmenter
+        from freecp.threads import apply_thread_policy
 
+        apply_thread_policy(segmenters=1)
         weights = self.weights
         with warnings.catch_warnings(), progress_bars() as on_progress:
             warnings.simplefilter("ignore")  # the random-weights warning is printed once, below

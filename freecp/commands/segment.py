@@ -106,6 +106,8 @@ def print_summary(summary, out: Path) -> None:
         console.print(f"{len(summary.outside_links)} symlinks lead outside the images folder and were "
                       f"not followed (--follow-symlinks reads them): "
                       + ", ".join(escape(str(p)) for p in summary.outside_links[:5]))
+    if summary.threads is not None:
+        console.print(f"threads: {summary.threads.line()}")
     console.print(f"records: {summary.index if summary.index else 'NOT written (see the error above)'}")
 
 

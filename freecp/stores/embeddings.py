@@ -37,19 +37,23 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 import freecp
 from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
-from freecp.clip.text import ClassEmbeddings, average_embeddings, encode_class_names
 from freecp.progress import ProgressCallback
 from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.vocab import Vocabulary
+
+if TYPE_CHECKING:  # torch is imported where vectors become tensors, so the up-to-date check runs without it
+    import torch
+
+    from freecp.clip.text import ClassEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ KINDS = (CLASS, DESCRIPTION, DESCRIPTION_MEAN)
 
 MODELS_DIR = "models"
 MANIFESTS_DIR = "vocabularies"
+REQUESTS_DIR = "requests"  # weights request -> the model key it was built as (``freecp.clip.keys``)
 NORMALISATION = "l2"
 META_KEY = b"freecp.embeddings"
 MANIFEST_META_KEY = b"freecp.vocabulary"
@@ -114,6 +119,7 @@ class EncodeSummary:
     described_classes: int
     manifest_written: bool
     seconds: float
+    model_loaded: bool = True  # False: the store held everything, so the model was never built
 
     @property
     def encoded(self) -> int:
@@ -128,7 +134,8 @@ class EncodeSummary:
                 f"encoded {self.encoded} texts ({self.classes_encoded} class names, "
                 f"{self.descriptions_encoded} descriptions), reused {self.reused} "
                 f"({self.classes_reused} class names, {self.descriptions_reused} descriptions); "
-                f"classes with descriptions: {self.described_classes}; {self.seconds:.1f} s")
+                f"classes with descriptions: {self.described_classes}; {self.seconds:.1f} s"
+                f"{'' if self.model_loaded else ' (up to date: model not loaded)'}")
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,38 @@ class Manifest:
 
 # ------------------------------------------------------------------------------- the store
 @dataclass
+class _Work:
+    """What encoding a vocabulary needs: the store's manifest, the plans and the missing texts."""
+
+    vocab: Vocabulary
+    key: str
+    folder: str
+    recorded: Manifest | None
+    plans: list[ClassPlan]
+    class_texts: dict[str, str]
+    new_classes: dict[str, str]
+    new_descriptions: dict[str, str]
+    all_descriptions: set[str]
+    new_means: list[ClassPlan]
+
+    def manifest(self, dim: int) -> Manifest:
+        vocab = self.vocab
+        return Manifest(vocab.name, vocab.content_hash, vocab.has_background, self.key, dim, tuple(self.plans),
+                        datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def summary(self, store: str, manifest_written: bool, seconds: float,
+                model_loaded: bool = True) -> EncodeSummary:
+        return EncodeSummary(
+            store=store, model_key=self.key, vocabulary=self.vocab.name, vocab_hash=self.vocab.content_hash,
+            classes_encoded=len(self.new_classes), classes_reused=len(self.class_texts) - len(self.new_classes),
+            descriptions_encoded=len(self.new_descriptions),
+            descriptions_reused=len(self.all_descriptions) - len(self.new_descriptions),
+            described_classes=sum(p.description_mean is not None for p in self.plans),
+            manifest_written=manifest_written, seconds=seconds, model_loaded=model_loaded,
+        )
+
+
+@dataclass
 class _Pending:
     """Rows of one kind encoded but not yet written."""
 
@@ -280,51 +319,83 @@ class EmbeddingStore:
         ``on_progress(what, done, total)`` is called after each encoded chunk (a command draws
         the bar; the store knows nothing of terminals).
         """
+        from freecp.clip.text import encode_class_names
+
         started = time.monotonic()
         key, dim = backbone.model_key, int(backbone.embed_dim)
+        work = self._work(vocab, key, dim, descriptions)
+        writer = _ShardWriter(self, work.folder, key, dim)
+        fresh_descriptions: dict[str, np.ndarray] = {}
+        names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
+        for hashes, texts in _chunks("class names", work.new_classes, names_per_call, on_progress):
+            vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
+            writer.add(CLASS, hashes, texts, _numpy(vectors))
+        for hashes, texts in _chunks("descriptions", work.new_descriptions, self.batch_size, on_progress):
+            vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
+            writer.add(DESCRIPTION, hashes, texts, vectors)
+            fresh_descriptions.update(zip(hashes, vectors))
+        if work.new_means:
+            writer.add_means(work.new_means, self._description_vectors(
+                work.folder, key, dim, work.new_means, fresh_descriptions))
+        writer.flush()
+
+        manifest = work.manifest(dim)
+        write_manifest = not manifest.same_content(work.recorded)
+        if write_manifest:
+            self.root.write_bytes(_manifest_path(work.folder, vocab.content_hash), manifest.to_parquet())
+        summary = work.summary(self.url, write_manifest, time.monotonic() - started)
+        log.info("%s", summary.line())
+        return summary
+
+    def remember_key(self, request: str, model_key: str) -> None:
+        """Record that ``request`` (``freecp.clip.keys.weights_request``) built ``model_key``."""
+        record = {"request": request, "model_key": model_key}
+        self.root.write_bytes(_request_path(request), json.dumps(record).encode())
+
+    def key_for(self, request: str) -> str | None:
+        """The model key ``request`` was built as before, or None (never built, or unreadable)."""
+        try:
+            record = json.loads(self.root.read_bytes(_request_path(request)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            skip_unreadable(f"{self.url}/{_request_path(request)}", err)
+            return None
+        return record.get("model_key") if record.get("request") == request else None
+
+    def up_to_date(self, vocab: Vocabulary, model_key: str,
+                   descriptions: dict[str, list[str]] | None = None) -> EncodeSummary | None:
+        """What ``ensure`` would report when it has nothing to do, or None when it has work.
+
+        Decided from the manifest and the stored hashes alone, given the model key, so a re-run
+        of ``freecp encode`` on an encoded vocabulary never builds the model (nor imports torch).
+        """
+        started = time.monotonic()
+        work = self._work(vocab, model_key, None, descriptions)
+        if work.recorded is None or work.new_classes or work.new_descriptions or work.new_means \
+                or not work.manifest(work.recorded.dim).same_content(work.recorded):
+            return None
+        summary = work.summary(self.url, False, time.monotonic() - started, model_loaded=False)
+        log.info("%s", summary.line())
+        return summary
+
+    def _work(self, vocab: Vocabulary, key: str, dim: int | None,
+              descriptions: dict[str, list[str]] | None) -> _Work:
+        """Compare what ``vocab`` (with ``descriptions``) needs with what the store holds."""
         folder = posixpath.join(MODELS_DIR, model_dir(key))
         recorded = self._read_manifest(folder, vocab, key, dim)
         present = {kind: set(self._read_rows(folder, kind, key, dim, columns=["text_hash"])
                              .column("text_hash").to_pylist()) for kind in KINDS}
         plans, description_texts = _plan(vocab, descriptions, recorded)
-
         class_texts = _unique_texts(vocab.queries, CLASS)
-        new_classes = {h: t for h, t in class_texts.items() if h not in present[CLASS]}
-        new_descriptions = {h: t for h, t in description_texts.items() if h not in present[DESCRIPTION]}
-        all_descriptions = {h for p in plans for h in p.description_hashes}
-        new_means = [p for p in plans
-                     if p.description_mean and p.description_mean not in present[DESCRIPTION_MEAN]]
-
-        writer = _ShardWriter(self, folder, key, dim)
-        fresh_descriptions: dict[str, np.ndarray] = {}
-        names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
-        for hashes, texts in _chunks("class names", new_classes, names_per_call, on_progress):
-            vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
-            writer.add(CLASS, hashes, texts, _numpy(vectors))
-        for hashes, texts in _chunks("descriptions", new_descriptions, self.batch_size, on_progress):
-            vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
-            writer.add(DESCRIPTION, hashes, texts, vectors)
-            fresh_descriptions.update(zip(hashes, vectors))
-        if new_means:
-            writer.add_means(new_means, self._description_vectors(
-                folder, key, dim, new_means, fresh_descriptions))
-        writer.flush()
-
-        manifest = Manifest(vocab.name, vocab.content_hash, vocab.has_background, key, dim, tuple(plans),
-                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        write_manifest = not manifest.same_content(recorded)
-        if write_manifest:
-            self.root.write_bytes(_manifest_path(folder, vocab.content_hash), manifest.to_parquet())
-        summary = EncodeSummary(
-            store=self.url, model_key=key, vocabulary=vocab.name, vocab_hash=vocab.content_hash,
-            classes_encoded=len(new_classes), classes_reused=len(class_texts) - len(new_classes),
-            descriptions_encoded=len(new_descriptions),
-            descriptions_reused=len(all_descriptions) - len(new_descriptions),
-            described_classes=sum(p.description_mean is not None for p in plans),
-            manifest_written=write_manifest, seconds=time.monotonic() - started,
+        return _Work(
+            vocab=vocab, key=key, folder=folder, recorded=recorded, plans=plans, class_texts=class_texts,
+            new_classes={h: t for h, t in class_texts.items() if h not in present[CLASS]},
+            new_descriptions={h: t for h, t in description_texts.items() if h not in present[DESCRIPTION]},
+            all_descriptions={h for p in plans for h in p.description_hashes},
+            new_means=[p for p in plans
+                       if p.description_mean and p.description_mean not in present[DESCRIPTION_MEAN]],
         )
-        log.info("%s", summary.line())
-        return summary
 
     def _description_vectors(self, folder: str, key: str, dim: int, plans: list[ClassPlan],
                              fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -342,6 +413,10 @@ class EmbeddingStore:
     # ------------------------------------------------------------------------- reading
     def load(self, vocab: Vocabulary, backbone_or_model_key) -> ClassEmbeddings:
         """The vocabulary's query and description matrices, read from the store (no encoding)."""
+        import torch
+
+        from freecp.clip.text import ClassEmbeddings
+
         if isinstance(backbone_or_model_key, str):
             key, dim = backbone_or_model_key, None
         else:
@@ -578,6 +653,10 @@ class _ShardWriter:
 
     def add_means(self, plans: list[ClassPlan], vectors: dict[str, np.ndarray]) -> None:
         """One averaged row per distinct description list (its text is the first class's name)."""
+        import torch
+
+        from freecp.clip.text import average_embeddings
+
         unique: dict[str, ClassPlan] = {}
         for plan in plans:
             unique.setdefault(plan.description_mean, plan)
@@ -638,7 +717,11 @@ def _unique_texts(texts: list[str], kind: str) -> dict[str, str]:
 
 
 def _numpy(vectors: torch.Tensor) -> np.ndarray:
-    return vectors.detach().to("cpu", torch.float32).contiguous().numpy()
+    return vectors.detach().float().cpu().contiguous().numpy()
+
+
+def _request_path(request: str) -> str:
+    return posixpath.join(REQUESTS_DIR, hashlib.sha256(request.encode("utf-8")).hexdigest()[:16] + ".json")
 
 
 def _manifest_path(folder: str, content_hash: str) -> str:

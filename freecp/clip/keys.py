@@ -1,0 +1,55 @@
+"""Weights requests: what a run asked the CLIP layer for, named without torch.
+
+A model key (``ClipBackbone.model_key``) names what ``load_backbone`` built; since checkpoint
+activation detection (``freecp.clip.activation``) it depends on open_clip's configs and registry,
+and for some files on their tensors, so it cannot be worked out without torch. A *request*
+can: the model name, the tag (or the checkpoint file's content hash), the seed, the activation
+choice, and the freecp and open_clip versions whose rules turn a request into a key. The
+embedding store remembers which key each request was resolved to (``EmbeddingStore.remember_key``),
+so ``freecp encode`` re-run on an encoded vocabulary decides without building (or importing) the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import freecp
+from freecp.clip.errors import WeightsUnavailableError
+from freecp.weights import is_random
+
+HASH_CHUNK = 1 << 20
+
+
+def weights_request(model_name: str, pretrained: str | None = "openai", checkpoint: str | Path | None = None,
+                    seed: int = 0, quick_gelu: bool | None = None) -> str:
+    """The request these ``load_backbone`` arguments make, as one string (a checkpoint wins over the tag).
+
+    Raises ``WeightsUnavailableError`` for a checkpoint file that does not exist.
+    """
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
+        weights = f"file-{file_hash(path)}"
+    else:
+        weights = f"random-seed{seed}" if is_random(pretrained) else f"tag-{pretrained}"
+    return (f"{model_name}|{weights}|quick_gelu={quick_gelu}"
+            f"|freecp {freecp.__version__}|open_clip {_open_clip_version()}")
+
+
+def file_hash(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256, read in chunks (checkpoints are large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _open_clip_version() -> str:
+    try:
+        return version("open_clip_torch")
+    except PackageNotFoundError:
+        return "unknown"
