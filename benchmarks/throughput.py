@@ -14,7 +14,7 @@ One run does, in order:
 3. Rounds: each mode segments the round's sub-folder with `segment_folder` (files written), then
    the plain dense forward of the same windows runs alone ("backbone only"). The modes take
    turns round by round, so load from other processes on a shared machine falls on all alike.
-4. The three modes' output files (masks, overlays, records without their timings) are compared
+4. The modes' output files (masks, overlays, records without their timings) are compared
    byte for byte; the script exits 1 if they differ.
 Printed: images/s per mode, its speed-up over one at a time, and total / backbone-only seconds.
 Targets on the 2-core CPU: total / backbone-only <= 1.15; batched + read-ahead >= 1.2 x one at a time.
@@ -47,7 +47,7 @@ from freecp.io import read_image  # noqa: E402
 from freecp.pipeline import build_segmenter, segment_folder  # noqa: E402
 from freecp.segmenter import Segmenter  # noqa: E402
 from freecp.settings import settings_for  # noqa: E402
-from freecp.threads import apply_thread_policy  # noqa: E402
+from freecp.threads import apply_thread_policy, available_cores  # noqa: E402
 from freecp.vocab import load_vocabulary  # noqa: E402
 from tests.run_outputs import run_outputs  # noqa: E402
 
@@ -59,6 +59,7 @@ class Mode:
     name: str
     prefetch: int
     batch_images: int
+    workers: int = 1
     seconds: float = 0.0
     images: int = 0
     groups: int = 0
@@ -89,6 +90,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab", default="voc21")
     parser.add_argument("--batch-images", type=int, default=4)
     parser.add_argument("--prefetch", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=available_cores(),
+                        help="model calls at once in the workers mode (default: the cores)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rp-threshold", type=float, default=0.03)
@@ -161,9 +164,11 @@ def main() -> int:
                                    store=str(root / "store"), device=args.device, settings=settings,
                                    encode_missing=False)
         modes = [Mode("one at a time", 0, 1), Mode("read-ahead", args.prefetch, 1),
-                 Mode(f"batched x{args.batch_images} + read-ahead", args.prefetch, args.batch_images)]
+                 Mode(f"batched x{args.batch_images} + read-ahead", args.prefetch, args.batch_images),
+                 Mode(f"read-ahead + {args.workers} workers", args.prefetch, 1, args.workers)]
         segmenters = {m.name: Segmenter(base.backbone, base.vocab, base.embeddings,
-                                        settings.replace(prefetch=m.prefetch, batch_images=m.batch_images))
+                                        settings.replace(prefetch=m.prefetch, batch_images=m.batch_images,
+                                                         workers=m.workers))
                       for m in modes}
         warm_up = read_image(next(folders[0].glob("*.jpg")), settings.max_pixels)
         segmenters[modes[0].name].segment(warm_up)
@@ -176,6 +181,7 @@ def main() -> int:
                 mode.seconds += time.perf_counter() - start
                 mode.images += summary.count("done")
                 mode.groups += sum(len(r.ambiguity_groups) for r in summary.records)
+            apply_thread_policy(segmenters=1)  # as the one-at-a-time mode ran
             backbone_only(segmenters[modes[0].name], folder, plain)
             print(f"round {number}/{len(folders)}: " + ", ".join(
                 f"{m.name} {m.images / m.seconds:.3f} img/s" for m in modes)

@@ -48,7 +48,7 @@ from freecp.prefetch import WriteBehind, read_ahead
 from freecp.progress import ProgressCallback
 from freecp.segmenter import PreparedImage, Segmentation, Segmenter
 from freecp.settings import SegmentSettings
-from freecp.threads import ThreadPolicy, current_policy
+from freecp.threads import ThreadPolicy, apply_thread_policy, current_policy
 from freecp.vocab import Vocabulary
 
 INDEX_NAME = "records.parquet"
@@ -375,7 +375,8 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
     benchmark's split) into ``out_dir``, skipping up-to-date ones.
 
     The settings' ``prefetch`` batches are read ahead, ``batch_images`` images share model
-    calls and the outputs are written behind (the steps of ``segment_one``, so the files are the
+    calls, ``workers`` such calls run at once (torch's threads split between them) and the
+    outputs are written behind (the steps of ``segment_one``, so the files are the
     same bit for bit); the summary reports the thread policy in force (``freecp.threads``).
     The index is written however the loop ends (finished, interrupted, disk full); the summary
     of an interrupted or stopped run travels on the exception as ``err.summary``.
@@ -399,7 +400,10 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    jobs = read_ahead(search.images, open_and_load, settings.prefetch * settings.batch_images)
+    apply_thread_policy(segmenters=settings.workers)
+    jobs = read_ahead(search.images, open_and_load, settings.prefetch * settings.batch_images * settings.workers)
+    segmented = read_ahead(_batches(jobs, settings.batch_images), lambda batch: (batch, _segment(segmenter, batch)),
+                           depth=settings.workers - 1, threads=settings.workers, name="freecp-model")
     try:
         with Progress(*columns, disable=not progress) as bar, WriteBehind(2 * settings.batch_images) as writer:
             task = bar.add_task("segmenting", total=len(search.images), rate="")
@@ -413,8 +417,8 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
                     rate = len(records) / (time.perf_counter() - start)
                     bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
 
-            for batch in _batches(jobs, settings.batch_images):
-                for job, result in zip(batch, _segment(segmenter, batch)):
+            for batch, results in segmented:
+                for job, result in zip(batch, results):
                     pending.append(writer.submit(_finish, segmenter, out_dir, job, result))
                 collect(block=False)
             collect(block=True)
@@ -424,6 +428,7 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
             threads=current_policy(), outside_links=search.outside_links)
         raise
     finally:
+        segmented.close()  # waits for model calls under way
         jobs.close()  # stops the loader thread before the claims it took are released
         for job in opened:
             job.release()

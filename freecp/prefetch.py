@@ -2,7 +2,8 @@
 
 On a folder run the model is the one thing that must not wait. Decoding, resizing and cutting
 the next images into windows (``read_ahead``), and encoding and writing the finished masks,
-overlays and records (``WriteBehind``), each run in one background thread. Both are bounded, so
+overlays and records (``WriteBehind``), each run in one background thread; on a CPU, the model
+calls of several images can run side by side the same way (``read_ahead`` with more threads). Both are bounded, so
 memory stays flat however long the folder is, and both keep the order of the items: results and
 files are exactly those of doing the same steps one after the other.
 """
@@ -20,8 +21,10 @@ Loaded = TypeVar("Loaded")
 Result = TypeVar("Result")
 
 
-def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded], depth: int) -> Iterator[Loaded]:
-    """``load(item)`` for every item, in order, computed up to ``depth`` items ahead in a thread.
+def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded], depth: int,
+               threads: int = 1, name: str = "freecp-read") -> Iterator[Loaded]:
+    """``load(item)`` for every item, in order, computed up to ``depth`` items ahead in
+    ``threads`` threads (``items`` itself is iterated in the caller's thread).
 
     ``depth`` 0 loads each item when it is asked for (no thread). An exception raised by
     ``load`` comes out where its item would have.
@@ -31,7 +34,7 @@ def read_ahead(items: Iterable[Item], load: Callable[[Item], Loaded], depth: int
         return
     source = iter(items)
     ahead: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freecp-read") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
         try:
             for item in source:
                 ahead.append(pool.submit(load, item))

@@ -24,7 +24,7 @@ VARIANTS: tuple[str, ...] = get_args(Variant)    # the one list of last-block va
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # How a run is carried out, not what it computes: left out of the settings hash.
-RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "max_pixels")
+RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "workers", "max_pixels")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class SegmentSettings:
     window_batch: int = 16         # windows per backbone call
     batch_images: int = 1          # images whose windows and crops share model calls (same outputs)
     prefetch: int = 2              # images read and prepared ahead of the model (0: in turn)
+    workers: int = 1               # model calls of a folder run at once, torch's threads split between them
     precision: Precision = "fp32"  # model calls in fp32, or autocast to fp16 / bf16 (not exact)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
 
@@ -61,7 +62,7 @@ class SegmentSettings:
             raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
         if self.scope not in ("window", "image"):
             raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
-        for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "max_pixels"):
+        for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "workers", "max_pixels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
@@ -82,7 +83,7 @@ class SegmentSettings:
         return dataclasses.asdict(self)
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that change outputs (batching, prefetching and the pixel guard do not)."""
+        """The fields that change outputs (batching, prefetching, workers and the pixel guard do not)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     @property

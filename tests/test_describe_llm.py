@@ -53,17 +53,27 @@ def test_describe_a_vocabulary_then_a_second_run_sends_nothing(tmp_path: Path, l
     reused = sum(1 for e in entries if e.class_name not in empty)
     again = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache_url, **SMALL)
     assert (again.requests_sent, again.cache_hits) == (SMALL["max_requests"] * len(empty), reused)
-    if empty:
-        return  # those classes must go to a server again, so the cache-only run below does not apply
-    assert (again.classes_done, again.short) == (first.classes_done, first.short)
+    if not empty:
+        assert (again.classes_done, again.short) == (first.classes_done, first.short)
 
-    # The command, pointed at a dead address: everything comes from the cache, so it needs no server.
+    # The command, pointed at a dead address, on the classes the cache answers fully: it needs no
+    # server. Classes left without descriptions must go to a server, so there it says it has none.
     dead = f"http://127.0.0.1:{free_port()}/v1"
+    lines = {"cat": "cat", "dog": "dog, puppy"}
+    answered = [name for name in lines if name not in empty]
     runner = CliRunner()
-    result = runner.invoke(app, ["describe", str(vocab_file), "--llm-url", dead, "--llm-model", llm_server.model,
-                                 "--cache", cache_url, *SMALL_FLAGS])
-    assert result.exit_code == 0, result.output
-    assert f"requests sent: 0   cache hits: {first.requests_sent}" in result.output
+    if empty:
+        asks = runner.invoke(app, ["describe", str(vocab_file), "--llm-url", dead, "--llm-model", llm_server.model,
+                                   "--cache", cache_url, *SMALL_FLAGS])
+        assert asks.exit_code != 0 and "127.0.0.1" in asks.output, asks.output
+    cached_file = tmp_path / "answered.txt"
+    cached_file.write_text("background: sky, grass\n" + "".join(lines[name] + "\n" for name in answered))
+    if answered:
+        result = runner.invoke(app, ["describe", str(cached_file), "--llm-url", dead, "--llm-model", llm_server.model,
+                                     "--cache", cache_url, *SMALL_FLAGS])
+        assert result.exit_code == 0, result.output
+        hits = sum(1 for e in entries if e.class_name in answered)
+        assert f"requests sent: 0   cache hits: {hits}" in result.output
 
     described = DescriptionCache(cache_url).descriptions_for(vocab)
     for name, texts in described.items():

@@ -3,6 +3,7 @@ and quarantines it. Real store folders, the real ``freecp`` command; tiny CLIP w
 
 from __future__ import annotations
 
+import json
 import posixpath
 from pathlib import Path
 
@@ -60,3 +61,27 @@ def test_bad_files_are_skipped_by_readers_and_quarantined_by_store_check(tmp_pat
     clean = CliRunner().invoke(app, ["store", "check", url])
     assert clean.exit_code == 0 and "0 bad" in clean.output
     assert torch.equal(EmbeddingStore(url).load(VOCAB, tiny_backbone).queries, good.queries)
+
+
+def test_store_check_verifies_the_weights_request_records(tmp_path):
+    """`requests/*.json` tell an up-to-date `freecp encode` which model key its weights build:
+    a torn or misfiled record is reported and quarantined; the good one keeps answering."""
+    url = str(tmp_path / "store")
+    store = EmbeddingStore(url)
+    store.remember_key("ViT-B-16|openai|quick_gelu=True", "ViT-B-16-quickgelu/openai")
+    requests = tmp_path / "store" / "requests"
+    (requests / "0123456789abcdef.json").write_text('{"request": "ViT-B-32|openai", "mod')
+    (requests / "fedcba9876543210.json").write_text(
+        json.dumps({"request": "ViT-L-14|openai", "model_key": "ViT-L-14/openai"}))
+
+    found = CliRunner().invoke(app, ["store", "check", url])
+    assert found.exit_code == 1
+    assert "3 files checked, 2 bad" in found.output
+    assert "0123456789abcdef.json" in found.output and "fedcba9876543210.json" in found.output
+    assert "wrong name" in found.output
+    moved = CliRunner().invoke(app, ["store", "check", url, "--quarantine"])
+    assert moved.exit_code == 0, moved.output
+    assert sorted(p.name for p in (tmp_path / "store" / "quarantine" / "requests").iterdir()) == \
+        ["0123456789abcdef.json", "fedcba9876543210.json"]
+    assert EmbeddingStore(url).key_for("ViT-B-16|openai|quick_gelu=True") == "ViT-B-16-quickgelu/openai"
+    assert "1 files checked, 0 bad" in CliRunner().invoke(app, ["store", "check", url]).output

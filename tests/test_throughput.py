@@ -93,17 +93,23 @@ def _write_folder(root: Path) -> None:
 def test_read_ahead_and_batching_write_the_same_files(tiny_backbone, tiny_voc21_embeddings, tmp_path):
     folder = tmp_path / "images"
     _write_folder(folder)
-    runs = {}
-    for name, prefetch, batch in [("in turn", 0, 1), ("read ahead", 2, 1), ("batched", 2, 3)]:
-        settings = settings_for("voc21", prefetch=prefetch, batch_images=batch, **FAST)
-        segmenter = Segmenter(tiny_backbone, VOC21, tiny_voc21_embeddings, settings)
-        summary = segment_folder(segmenter, folder, tmp_path / name, progress=False)
-        assert [r.status for r in summary.records] == ["failed", "done", "done", "done", "done"]
-        runs[name] = run_outputs(tmp_path / name)
+    runs, before = {}, torch.get_num_threads()
+    modes = [("in turn", 0, 1, 1), ("read ahead", 2, 1, 1), ("batched", 2, 3, 1), ("two workers", 1, 1, 2),
+             ("batched workers", 0, 2, 3)]
+    try:
+        for name, prefetch, batch, workers in modes:
+            settings = settings_for("voc21", prefetch=prefetch, batch_images=batch, workers=workers, **FAST)
+            segmenter = Segmenter(tiny_backbone, VOC21, tiny_voc21_embeddings, settings)
+            summary = segment_folder(segmenter, folder, tmp_path / name, progress=False)
+            assert [r.status for r in summary.records] == ["failed", "done", "done", "done", "done"]
+            assert summary.threads.segmenters == workers
+            runs[name] = run_outputs(tmp_path / name)
+    finally:
+        torch.set_num_threads(before)
     # masks and overlays of 4 images, 5 records, the layout marker
     assert len(runs["in turn"]) == 2 * 4 + 5 + 1
-    assert runs["read ahead"] == runs["in turn"]
-    assert runs["batched"] == runs["in turn"]
+    for name, *_ in modes[1:]:
+        assert runs[name] == runs["in turn"], name
 
 
 def test_read_ahead_keeps_order_is_bounded_and_passes_errors_on():
@@ -123,6 +129,18 @@ def test_read_ahead_keeps_order_is_bounded_and_passes_errors_on():
     with pytest.raises(ValueError, match="seven"):
         next(stream)
     assert list(read_ahead(range(3), load, depth=0)) == [0, 10, 20]
+
+
+def test_read_ahead_in_several_threads_runs_them_side_by_side_and_keeps_order():
+    both_running = threading.Barrier(2, timeout=10)  # passes only when two loads run at once
+
+    def load(item: int) -> int:
+        if item < 2:
+            both_running.wait()
+        time.sleep(0.01 * (5 - item % 5))  # later items finish first
+        return item
+
+    assert list(read_ahead(range(10), load, depth=3, threads=2)) == list(range(10))
 
 
 def test_write_behind_runs_jobs_in_order_and_blocks_when_full():
@@ -208,7 +226,9 @@ def test_bf16_autocast_runs_on_the_cpu_and_fp32_stays_the_default(tiny_backbone,
 
 def test_run_only_settings_leave_the_settings_hash_alone():
     plain = settings_for("voc21")
-    assert plain.replace(batch_images=8, prefetch=0, window_batch=2).content_hash == plain.content_hash
+    assert plain.replace(batch_images=8, prefetch=0, window_batch=2, workers=3).content_hash == plain.content_hash
+    with pytest.raises(ValueError, match="workers"):
+        settings_for("voc21", workers=0)
     with pytest.raises(ValueError, match="batch-images"):
         settings_for("voc21", batch_images=0)
     with pytest.raises(ValueError, match="prefetch"):
@@ -232,9 +252,10 @@ def test_the_cli_takes_the_throughput_options_and_reports_its_threads(tmp_path):
         refused = CliRunner().invoke(app, [str(a) for a in [*common, "--out", tmp_path / "x", "--precision", "fp64"]])
         assert refused.exit_code == 2 and "unknown precision" in refused.output
         done = CliRunner().invoke(app, [str(a) for a in [*common, "--out", tmp_path / "out",
-                                                          "--batch-images", "2", "--prefetch", "1"]])
+                                                          "--batch-images", "2", "--prefetch", "1",
+                                                          "--workers", "2"]])
     finally:
         torch.set_num_threads(before)
     assert done.exit_code == 0, done.output
-    assert "threads: " in done.output and "for 1 concurrent segmenter on" in done.output
+    assert "threads: " in done.output and "for 2 concurrent segmenters on" in done.output
     assert len(list((tmp_path / "out" / "masks").iterdir())) == 3

@@ -3,7 +3,9 @@
 Readers already skip an unreadable shard with a warning (one bad file must not stop everyone);
 this is the maintenance side, behind ``freecp store check``. Every ``.parquet`` file of the
 embedding store (``models/``) or the description cache (``descriptions/shards``) is read whole
-and checked for freecp's metadata; with ``quarantine`` each bad one is moved to
+and checked for freecp's metadata, and every weights-request record (``requests/*.json``, which
+lets an up-to-date ``freecp encode`` answer without building the model) must parse and sit under
+its request's name; with ``quarantine`` each bad one is moved to
 ``quarantine/<its path>`` in the same store, where no reader looks and a person can inspect it.
 """
 
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from freecp.stores.descriptions import SCHEMA
 from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, open_root
+from freecp.stores.requests import REQUESTS_DIR, decode_request, request_path
 
 EMBEDDINGS_DIR = "models"  # freecp.stores.embeddings.MODELS_DIR (that module needs torch)
 EMBEDDING_META_KEYS = (b"freecp.embeddings", b"freecp.vocabulary")
@@ -40,9 +43,11 @@ class CheckReport:
 
 
 def check_store(url: str, quarantine: bool = False) -> CheckReport:
-    """Read every embedding-store and description-cache file under ``url``; list (and move aside) the bad ones."""
+    """Read every embedding-store, description-cache and request file under ``url``; list (and
+    move aside) the bad ones."""
     root = open_root(url)
-    files = root.list_files(EMBEDDINGS_DIR, ".parquet") + root.list_files(CACHE_DIR, ".parquet")
+    files = (root.list_files(EMBEDDINGS_DIR, ".parquet") + root.list_files(CACHE_DIR, ".parquet")
+             + root.list_files(REQUESTS_DIR, ".json"))
     bad = []
     for path in files:
         reason = _problem(root, path)
@@ -59,6 +64,8 @@ def check_store(url: str, quarantine: bool = False) -> CheckReport:
 
 def _problem(root: StoreRoot, path: str) -> str | None:
     """Why ``path`` cannot serve as a store file, or None when it can."""
+    if path.startswith(REQUESTS_DIR + "/"):
+        return _request_problem(root, path)
     try:
         table = pq.read_table(io.BytesIO(root.read_bytes(path)))
     except FileNotFoundError:
@@ -72,4 +79,18 @@ def _problem(root: StoreRoot, path: str) -> str | None:
         missing = [name for name in SCHEMA.names if name not in table.column_names]
         if missing:
             return f"a Parquet file without the description-cache columns {', '.join(missing)}"
+    return None
+
+
+def _request_problem(root: StoreRoot, path: str) -> str | None:
+    """A request record that does not parse is skipped by readers (the model is built instead);
+    one filed under another request's name is never found."""
+    try:
+        request, _ = decode_request(root.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"not a weights-request record: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    if request_path(request) != path:
+        return f"a weights-request record filed under the wrong name (it belongs at {request_path(request)})"
     return None

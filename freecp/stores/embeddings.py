@@ -48,6 +48,7 @@ import freecp
 from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
 from freecp.progress import ProgressCallback
 from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
+from freecp.stores.requests import decode_request, encode_request, request_path
 from freecp.vocab import Vocabulary
 
 if TYPE_CHECKING:  # torch is imported where vectors become tensors, so the up-to-date check runs without it
@@ -64,7 +65,6 @@ KINDS = (CLASS, DESCRIPTION, DESCRIPTION_MEAN)
 
 MODELS_DIR = "models"
 MANIFESTS_DIR = "vocabularies"
-REQUESTS_DIR = "requests"  # weights request -> the model key it was built as (``freecp.clip.keys``)
 NORMALISATION = "l2"
 META_KEY = b"freecp.embeddings"
 MANIFEST_META_KEY = b"freecp.vocabulary"
@@ -349,19 +349,18 @@ class EmbeddingStore:
 
     def remember_key(self, request: str, model_key: str) -> None:
         """Record that ``request`` (``freecp.clip.keys.weights_request``) built ``model_key``."""
-        record = {"request": request, "model_key": model_key}
-        self.root.write_bytes(_request_path(request), json.dumps(record).encode())
+        self.root.write_bytes(request_path(request), encode_request(request, model_key))
 
     def key_for(self, request: str) -> str | None:
         """The model key ``request`` was built as before, or None (never built, or unreadable)."""
         try:
-            record = json.loads(self.root.read_bytes(_request_path(request)))
+            recorded, model_key = decode_request(self.root.read_bytes(request_path(request)))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
-            skip_unreadable(f"{self.url}/{_request_path(request)}", err)
+            skip_unreadable(f"{self.url}/{request_path(request)}", err)
             return None
-        return record.get("model_key") if record.get("request") == request else None
+        return model_key if recorded == request else None
 
     def up_to_date(self, vocab: Vocabulary, model_key: str,
                    descriptions: dict[str, list[str]] | None = None) -> EncodeSummary | None:
@@ -718,10 +717,6 @@ def _unique_texts(texts: list[str], kind: str) -> dict[str, str]:
 
 def _numpy(vectors: torch.Tensor) -> np.ndarray:
     return vectors.detach().float().cpu().contiguous().numpy()
-
-
-def _request_path(request: str) -> str:
-    return posixpath.join(REQUESTS_DIR, hashlib.sha256(request.encode("utf-8")).hexdigest()[:16] + ".json")
 
 
 def _manifest_path(folder: str, content_hash: str) -> str:
