@@ -4,6 +4,7 @@ the time outside the backbone, and what a `freecp encode` re-run costs.
     python benchmarks/throughput.py                                   # ViT-B-16, random weights, 20 images
     python benchmarks/throughput.py --images 40 --model ViT-B-32 --batch-images 4
     python benchmarks/throughput.py --model freecp-tiny --images 4    # plumbing check in a minute
+    python benchmarks/throughput.py --modes workers                   # one at a time vs the workers mode only
     python benchmarks/throughput.py --device cuda --precision fp16    # on a GPU
 
 One run does, in order:
@@ -90,6 +91,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab", default="voc21")
     parser.add_argument("--batch-images", type=int, default=4)
     parser.add_argument("--prefetch", type=int, default=2)
+    parser.add_argument("--modes", default="read-ahead,batched,workers",
+                        help="modes to compare with one at a time (comma-separated: read-ahead, batched, workers)")
     parser.add_argument("--workers", type=int, default=available_cores(),
                         help="model calls at once in the workers mode (default: the cores)")
     parser.add_argument("--precision", default="fp32")
@@ -163,9 +166,10 @@ def main() -> int:
             base = build_segmenter(load_vocabulary(args.vocab), model=args.model, pretrained=args.pretrained,
                                    store=str(root / "store"), device=args.device, settings=settings,
                                    encode_missing=False)
-        modes = [Mode("one at a time", 0, 1), Mode("read-ahead", args.prefetch, 1),
-                 Mode(f"batched x{args.batch_images} + read-ahead", args.prefetch, args.batch_images),
-                 Mode(f"read-ahead + {args.workers} workers", args.prefetch, 1, args.workers)]
+        candidates = {"read-ahead": Mode("read-ahead", args.prefetch, 1),
+                      "batched": Mode(f"batched x{args.batch_images} + read-ahead", args.prefetch, args.batch_images),
+                      "workers": Mode(f"read-ahead + {args.workers} workers", args.prefetch, 1, args.workers)}
+        modes = [Mode("one at a time", 0, 1)] + [candidates[name] for name in args.modes.split(",")]
         segmenters = {m.name: Segmenter(base.backbone, base.vocab, base.embeddings,
                                         settings.replace(prefetch=m.prefetch, batch_images=m.batch_images,
                                                          workers=m.workers))
