@@ -180,8 +180,7 @@ def main() -> int:
         for number, folder in enumerate(folders, start=1):
             for mode in modes:
                 start = time.perf_counter()
-                summary = segment_folder(segmenters[mode.name], folder, root / "out" / mode.name / folder.name,
-                                         progress=False)
+                summary = segment_folder(segmenters[mode.name], folder, root / "out" / mode.name / folder.name)
                 mode.seconds += time.perf_counter() - start
                 mode.images += summary.count("done")
                 mode.groups += sum(len(r.ambiguity_groups) for r in summary.records)

@@ -1,37 +1,20 @@
 """Run reports as Prefect artifacts: what a run did, readable in the Prefect UI.
 
-The text is built by plain functions over the per-image records (dicts from
-``ImageRecord.to_dict()``) so it can be checked without a server; ``publish_*`` sends it.
+The text is built by plain functions over the run's totals (``freecp.run_report``, which the
+CLI's summary table renders too) so it can be checked without a server; ``publish_*`` sends it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-TOP_CLASSES = 10
+from freecp.run_report import RunTotals, run_totals
+
 TABLE_ROWS = 500  # the Parquet index has every row; the UI table stays light
-
-
-STATUSES = ("done", "skipped", "failed")
-
-
-def count_statuses(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Images per status, every status present (zero included)."""
-    counts = Counter(r["status"] for r in records)
-    return {status: counts[status] for status in STATUSES}
-
-
-def most_common(records: Iterable[Mapping[str, Any]], field: str, top: int = TOP_CLASSES) -> list[tuple[str, int]]:
-    """Classes named in ``field`` by the most records (each record counts a class once)."""
-    counts: Counter[str] = Counter()
-    for record in records:
-        counts.update(set(record.get(field) or ()))
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
 
 
 def _class_table(title: str, rows: list[tuple[str, int]]) -> list[str]:
@@ -48,25 +31,23 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def segment_summary_markdown(records: Sequence[Mapping[str, Any]], images: str, index: str) -> str:
+def segment_summary_markdown(totals: RunTotals, images: str, index: str) -> str:
     """The run summary: counts, time per image, the classes found and removed most often, failures."""
-    statuses = count_statuses(records)
-    done = [r for r in records if r["status"] == "done"]
-    failed = [r for r in records if r["status"] == "failed"]
-    per_image = sum(r["seconds"] for r in done) / len(done) if done else 0.0
+    counts = totals.counts
     lines = [
         f"# segment-images: {images}",
         "",
         "| images | done | skipped | failed | seconds per image done |",
         "|---|---|---|---|---|",
-        f"| {len(records)} | {statuses['done']} | {statuses['skipped']} | {statuses['failed']} | {per_image:.2f} |",
+        f"| {totals.images} | {counts['done']} | {counts['skipped']} | {counts['failed']} "
+        f"| {totals.seconds_per_image:.2f} |",
         "",
     ]
-    lines += _class_table("Classes found most often (images done in this run)", most_common(done, "classes_present"))
-    lines += _class_table("Classes removed by purification most often", most_common(done, "removed_classes"))
-    if failed:
+    lines += _class_table("Classes found most often (images done in this run)", totals.top_classes)
+    lines += _class_table("Classes removed by purification most often", totals.top_removed)
+    if totals.failures:
         lines += ["## Failed images", ""]
-        lines += [f"- `{r['path']}`: {_cell(r.get('error'))}" for r in failed]
+        lines += [f"- `{path}`: {_cell(error)}" for path, error in totals.failures]
         lines.append("")
     lines.append(f"Every image's record: `{index}`")
     return "\n".join(lines)
@@ -106,14 +87,17 @@ def summary_markdown(title: str, summary: Any) -> str:
     return "\n".join(lines)
 
 
-def publish_segment_report(records: Sequence[Mapping[str, Any]], images: str, index: str) -> None:
+def publish_segment_report(records: Sequence[Mapping[str, Any]], images: str, index: str) -> RunTotals:
+    """Both artifacts of a segment run; returns its totals (for the run's state message)."""
+    totals = run_totals(records)
     create_markdown_artifact(
-        segment_summary_markdown(records, images, index),
+        segment_summary_markdown(totals, images, index),
         key="segment-images-summary",
         description=f"segment-images run over {images}",
     )
     create_table_artifact(segment_table(records), key="segment-images-records",
                           description="Images done or failed in this run")
+    return totals
 
 
 def publish_summary(key: str, title: str, summary: Any) -> None:

@@ -18,10 +18,11 @@ import re
 import threading
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from freecp import pipeline
+from freecp.jobs import SegmentJob
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.threads import ThreadPolicy, apply_thread_policy
@@ -35,13 +36,9 @@ class SegmenterSpec:
     """Everything a segmenter is built from; equal specs share one segmenter in a process."""
 
     vocab: Vocabulary
-    model: str
-    pretrained: str | None
-    clip_checkpoint: str | None
-    store: str | None
-    device: str
+    job: SegmentJob       # the model, the store (paths made absolute by the flow)
     settings: SegmentSettings
-    threads: int = 1     # segmenters this process runs at once (the flow's thread pool size)
+    threads: int = 1      # segmenters this process runs at once (the flow's thread pool size)
 
 
 _lock = threading.Lock()
@@ -61,16 +58,10 @@ def segmenter_for(spec: SegmenterSpec, *, encode_missing: bool = False) -> Segme
         if segmenter is None:
             worker, _ = _dask_worker()
             thread_policy(spec)
-            segmenter = pipeline.build_segmenter(
-                spec.vocab,
-                model=spec.model,
-                pretrained=spec.pretrained,
-                clip_checkpoint=spec.clip_checkpoint,
-                store=spec.store,
-                device=device_for_worker(spec.device, worker, _cuda_devices(spec.device)),
-                settings=spec.settings,
-                encode_missing=encode_missing,
-            )
+            device = spec.job.clip.device
+            clip = replace(spec.job.clip, device=device_for_worker(device, worker, _cuda_devices(device)))
+            job = replace(spec.job, clip=clip, no_encode=not encode_missing)
+            segmenter = pipeline.open_segmenter(spec.vocab, job, settings=spec.settings)
             _builds += 1
             _segmenters[spec] = segmenter
             while len(_segmenters) > MAX_SEGMENTERS:

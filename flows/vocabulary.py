@@ -1,7 +1,7 @@
 """Flows that prepare a vocabulary: describe its classes with an LLM, encode them with CLIP.
 
-``build-vocabulary`` runs both, the way a team adds a new vocabulary. Parameters are named as
-the ``freecp describe`` and ``freecp encode`` options are.
+``build-vocabulary`` runs both, the way a team adds a new vocabulary. Parameters are the
+``freecp describe`` and ``freecp encode`` options, made from the same job specs (``freecp.jobs``).
 
 No Prefect task cache: the description cache and the embedding store are content-addressed
 (class, prompt, LLM model and sampling; text and CLIP model), so a repeated run is already a
@@ -12,6 +12,8 @@ the stores keep every answer and vector already saved, so a retry only redoes wh
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
@@ -20,9 +22,11 @@ from freecp.flows.hints import prefect_wording
 from freecp.flows.logs import LIBRARY_LOG_HOOKS
 from freecp.flows.report import publish_summary
 from freecp.flows.retry import transient_failure
+from freecp.flows.params import with_job_parameters_of
 from freecp import encoding
-from freecp.defaults import DEFAULT_CACHE, DEFAULT_MAX_TOKENS, DEFAULT_STORE, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL
 from freecp.describe import run as describe_run
+from freecp.flatten import flat_values
+from freecp.jobs import DescribeJob, EncodeJob
 from freecp.stores.embeddings import EncodeSummary
 from freecp.vocab import Vocabulary, load_vocabulary
 
@@ -39,14 +43,8 @@ def load_vocabulary_task(vocab: VocabSource) -> Vocabulary:
 
 @task(name="describe", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient_failure,
       cache_policy=NO_CACHE, persist_result=False)
-def describe_task(vocabulary: Vocabulary, llm_url: str | None, llm_model: str, cache: str, per_class: int,
-                  concurrency: int, temperature: float, max_tokens: int,
-                  max_requests: int | None) -> describe_run.DescribeSummary:
-    summary = describe_run.describe_vocabulary(
-        vocabulary, llm_url=llm_url, llm_model=llm_model, cache=cache, per_class=per_class,
-        concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, max_requests=max_requests,
-        progress=False,
-    )
+def describe_task(vocabulary: Vocabulary, job: DescribeJob) -> describe_run.DescribeSummary:
+    summary = describe_run.describe(vocabulary, job)
     get_run_logger().info("%s: %d classes done, %d requests sent, %d cache hits, %d short, %d failed",
                           summary.vocabulary, summary.classes_done, summary.requests_sent, summary.cache_hits,
                           len(summary.short), len(summary.failed))
@@ -55,37 +53,24 @@ def describe_task(vocabulary: Vocabulary, llm_url: str | None, llm_model: str, c
 
 @task(name="encode", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient_failure,
       cache_policy=NO_CACHE, persist_result=False)
-def encode_task(vocabulary: Vocabulary, store: str, model: str, pretrained: str, clip_checkpoint: str | None,
-                descriptions: str | None, device: str) -> EncodeSummary:
+def encode_task(vocabulary: Vocabulary, job: EncodeJob) -> EncodeSummary:
     with prefect_wording():
-        summary = encoding.encode_vocabulary(
-            vocabulary, store=store, model=model, pretrained=pretrained, clip_checkpoint=clip_checkpoint,
-            descriptions=descriptions, device=device,
-        )
+        summary = encoding.encode(vocabulary, job)
     get_run_logger().info(summary.line())
     return summary
 
 
 @flow(name="describe-vocabulary", **LIBRARY_LOG_HOOKS)
-def describe_vocabulary(
-    vocab: VocabSource,
-    llm_url: str | None = None,
-    llm_model: str = DEFAULT_VLLM_MODEL,
-    cache: str = DEFAULT_CACHE,
-    per_class: int = 20,
-    concurrency: int = 8,
-    temperature: float = DEFAULT_TEMPERATURE,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    max_requests: int | None = None,
-) -> State:
+@with_job_parameters_of(job=DescribeJob)
+def describe_vocabulary(vocab: VocabSource, *, job: DescribeJob) -> State:
     """Ask the LLM for visual descriptions of every class the description cache lacks.
 
+    The other parameters are the options of ``freecp describe`` (``freecp.jobs.DescribeJob``).
     Without ``llm_url`` a local server is started for the run. Ends Failed, naming the classes,
     if a request failed for good; classes short of descriptions are listed but not a failure.
     """
     vocabulary = load_vocabulary_task(vocab)
-    summary = describe_task(vocabulary, llm_url, llm_model, cache, per_class, concurrency, temperature, max_tokens,
-                            max_requests)
+    summary = describe_task(vocabulary, job)
     publish_describe_summary(summary)
     message = (f"{summary.classes_done}/{summary.classes_total} classes, {summary.requests_sent} requests, "
                f"{summary.cache_hits} cache hits, {len(summary.short)} short")
@@ -96,18 +81,14 @@ def describe_vocabulary(
 
 
 @flow(name="encode-vocabulary", **LIBRARY_LOG_HOOKS)
-def encode_vocabulary(
-    vocab: VocabSource,
-    store: str = DEFAULT_STORE,
-    model: str = "ViT-B-16",
-    pretrained: str = "openai",
-    clip_checkpoint: str | None = None,
-    descriptions: str | None = None,
-    device: str = "cpu",
-) -> EncodeSummary:
-    """Encode the class names (and the cached descriptions) the embedding store lacks."""
+@with_job_parameters_of(job=EncodeJob)
+def encode_vocabulary(vocab: VocabSource, *, job: EncodeJob) -> EncodeSummary:
+    """Encode the class names (and the cached descriptions) the embedding store lacks.
+
+    The other parameters are the options of ``freecp encode`` (``freecp.jobs.EncodeJob``).
+    """
     vocabulary = load_vocabulary_task(vocab)
-    summary = encode_task(vocabulary, store, model, pretrained, clip_checkpoint, descriptions, device)
+    summary = encode_task(vocabulary, job)
     publish_encode_summary(summary)
     return summary
 
@@ -121,33 +102,20 @@ def publish_encode_summary(summary: EncodeSummary) -> None:
 
 
 @flow(name="build-vocabulary", **LIBRARY_LOG_HOOKS)
-def build_vocabulary(
-    vocab: VocabSource,
-    llm_url: str | None = None,
-    llm_model: str = DEFAULT_VLLM_MODEL,
-    cache: str = DEFAULT_CACHE,
-    store: str = DEFAULT_STORE,
-    model: str = "ViT-B-16",
-    pretrained: str = "openai",
-    clip_checkpoint: str | None = None,
-    per_class: int = 20,
-    concurrency: int = 8,
-    temperature: float = DEFAULT_TEMPERATURE,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    max_requests: int | None = None,
-    device: str = "cpu",
-) -> State:
+@with_job_parameters_of(exclude={"descriptions"}, describe=DescribeJob, encode=EncodeJob)
+def build_vocabulary(vocab: VocabSource, *, describe: DescribeJob, encode: EncodeJob) -> State:
     """A new vocabulary end to end: describe its classes, then encode names and descriptions.
 
-    Encoding waits for a complete describe step: if it fails, the run ends with its state and a
-    re-run (which finds every saved answer in the cache) finishes the job. The run carries the
-    summary artifacts of both steps (each subflow run has its own too).
+    The other parameters are those of ``describe-vocabulary`` and ``encode-vocabulary``; the
+    descriptions encoded are the ones the describe step put in ``cache``. Encoding waits for a
+    complete describe step: if it fails, the run ends with its state and a re-run (which finds
+    every saved answer in the cache) finishes the job. The run carries the summary artifacts of
+    both steps (each subflow run has its own too).
     """
-    described = describe_vocabulary(vocab, llm_url, llm_model, cache, per_class, concurrency, temperature,
-                                    max_tokens, max_requests, return_state=True)
+    described = describe_vocabulary(vocab, return_state=True, **flat_values(describe))
     if not described.is_completed():
         return described
-    encoded = encode_vocabulary(vocab, store, model, pretrained, clip_checkpoint, cache, device)
+    encoded = encode_vocabulary(vocab, **flat_values(replace(encode, descriptions=describe.cache)))
     publish_describe_summary(described.result())
     publish_encode_summary(encoded)
     return Completed(message=f"describe: {described.message}; encode: {encoded.line()}")

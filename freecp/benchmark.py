@@ -25,6 +25,7 @@ from freecp.evaluate import (
     validation_keys,
 )
 from freecp.pipeline import RunSummary, segment_folder
+from freecp.progress import ProgressCallback
 from freecp.published import (
     BENCHMARK_ORDER,
     COLUMN_TITLES,
@@ -90,10 +91,10 @@ def find_split(data_root: Path, dataset: str, limit: int | None = None) -> Split
 
 
 def run_benchmark(segmenter: Segmenter, split: Split, out_dir: Path, weights: Weights,
-                  progress: bool = True) -> tuple[dict, RunSummary]:
+                  on_progress: ProgressCallback | None = None) -> tuple[dict, RunSummary]:
     """Segment the split into ``out_dir``, score it, and write ``benchmark.json`` and ``benchmark.md``."""
     out_dir = Path(out_dir)
-    summary = segment_folder(segmenter, split.images_root, out_dir, progress, files=split.images)
+    summary = segment_folder(segmenter, split.images_root, out_dir, on_progress, files=split.images)
     metrics = evaluate_dataset(out_dir, split.data_root, split.layout.name, allow_missing=True, keys=split.keys)
     report = build_report(split, summary, metrics, segmenter, weights)
     atomic_write(out_dir / REPORT_JSON, json.dumps(rounded_for_json(report), indent=2, ensure_ascii=False).encode())

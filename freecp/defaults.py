@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+DEFAULT_CLIP_MODEL = "ViT-B-16"  # the paper's backbone (open_clip name)
+DEFAULT_PRETRAINED = "openai"  # its weights (open_clip tag)
 DEFAULT_STORE = os.environ.get("FREECP_STORE", "cache/store")  # the embedding store
 DEFAULT_CACHE = "cache"  # the description cache root
 DEFAULT_VLLM_MODEL = "lmsys/vicuna-13b-v1.5"  # the describe step's LLM, as in the reference

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import weakref
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
@@ -35,13 +35,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from freecp.claims import claim
 from freecp.clip import embed_vocabulary, load_backbone
 from freecp.clip.templates import IMAGENET_TEMPLATES
 from freecp.files import atomic_write
 from freecp.inputs import ImageSearch, find_images
+from freecp.jobs import ClipModel, FolderJob, SegmentJob
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
 from freecp.layout import RECORDS_DIR, OutputPaths, output_paths, prepare_output
 from freecp.prefetch import WriteBehind, read_ahead
@@ -118,12 +118,6 @@ class RunSummary:
     def failed(self) -> list[ImageRecord]:
         return [r for r in self.records if r.status == "failed"]
 
-    def top_classes(self, n: int = 10) -> list[tuple[str, int]]:
-        return Counter(c for r in self.records for c in r.classes_present).most_common(n)
-
-    def top_removed(self, n: int = 10) -> list[tuple[str, int]]:
-        return Counter(c for r in self.records for c in r.removed_classes).most_common(n)
-
 
 class DiskFullError(OSError):
     """The output filesystem is full: the run stops (every later image would fail the same way)."""
@@ -145,8 +139,20 @@ def run_key(segmenter: Segmenter) -> str:
     return _RUN_KEYS[segmenter]
 
 
-def build_segmenter(vocab: Vocabulary, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
-                    clip_checkpoint: str | None = None, store: str | None = None, device: str = "cpu",
+def open_segmenter(vocab: Vocabulary, job: SegmentJob | None = None, *, settings: SegmentSettings | None = None,
+                   on_progress: ProgressCallback | None = None) -> Segmenter:
+    """The segmenter a ``SegmentJob`` asks for (the CLI, the flows and Python callers alike);
+    ``settings`` defaults to the vocabulary's preset with the job's overrides."""
+    job = job or SegmentJob()
+    clip = job.clip
+    return build_segmenter(vocab, model=clip.model, pretrained=clip.pretrained, clip_checkpoint=clip.clip_checkpoint,
+                           store=job.store, device=clip.device,
+                           settings=settings or job.overrides.settings(vocab.name),
+                           encode_missing=not job.no_encode, on_progress=on_progress, quick_gelu=clip.quick_gelu)
+
+
+def build_segmenter(vocab: Vocabulary, *, model: str = ClipModel.model, pretrained: str | None = ClipModel.pretrained,
+                    clip_checkpoint: str | None = None, store: str | None = None, device: str = ClipModel.device,
                     settings: SegmentSettings | None = None, encode_missing: bool = True,
                     on_progress: ProgressCallback | None = None, quick_gelu: bool | None = None) -> Segmenter:
     """Load the backbone and the vocabulary's text embeddings (from a store when given);
@@ -360,17 +366,37 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
     Never raises for anything about this one image (its record says what went wrong); raises
     ``DiskFullError`` when the output filesystem is full.
     """
-    job = _open_job(image_path, images_root, out_dir, key or run_key(segmenter))
+    (record,) = segment_files(segmenter, [image_path], images_root, out_dir, key)
+    return record
+
+
+def segment_files(segmenter: Segmenter, image_paths: Sequence[Path], images_root: Path, out_dir: Path,
+                  key: str | None = None) -> list[ImageRecord]:
+    """``segment_one`` for a few images at once: those to do share the model calls (the batched
+    path of ``segment_folder``, same outputs), each keeps its own claim and record."""
+    key = key or run_key(segmenter)
+    jobs: list[_Job] = []
     try:
-        job = _load(segmenter, job)
-        (result,) = _segment(segmenter, [job])
-        return _finish(segmenter, Path(out_dir), job, result)
+        for path in image_paths:
+            jobs.append(_load(segmenter, _open_job(path, images_root, out_dir, key)))
+        results = _segment(segmenter, jobs)
+        return [_finish(segmenter, Path(out_dir), job, result) for job, result in zip(jobs, results)]
     finally:
-        job.release()
+        for job in jobs:
+            job.release()
 
 
-def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progress: bool = True,
-                   files: Sequence[Path] | None = None, follow_symlinks: bool = False) -> RunSummary:
+def segment(images: Path, vocab: Vocabulary, out_dir: Path, job: FolderJob | None = None,
+            on_progress: ProgressCallback | None = None) -> RunSummary:
+    """The Python entry of ``freecp segment``: the segmenter ``job`` asks for, run over ``images``."""
+    job = job or FolderJob()
+    segmenter = open_segmenter(vocab, job.segment, on_progress=on_progress)
+    return segment_folder(segmenter, images, out_dir, on_progress, follow_symlinks=job.follow_symlinks)
+
+
+def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path,
+                   on_progress: ProgressCallback | None = None, files: Sequence[Path] | None = None,
+                   follow_symlinks: bool = False) -> RunSummary:
     """Segment every image under ``images_root`` (or only ``files``, paths below it, such as a
     benchmark's split) into ``out_dir``, skipping up-to-date ones.
 
@@ -379,7 +405,8 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
     outputs are written behind (the steps of ``segment_one``, so the files are the
     same bit for bit); the summary reports the thread policy in force (``freecp.threads``).
     The index is written however the loop ends (finished, interrupted, disk full); the summary
-    of an interrupted or stopped run travels on the exception as ``err.summary``.
+    of an interrupted or stopped run travels on the exception as ``err.summary``. ``on_progress``
+    hears of every image finished ("segmenting", done, total).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -398,15 +425,12 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
         opened.append(job)
         return _load(segmenter, job)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
     apply_thread_policy(segmenters=settings.workers)
     jobs = read_ahead(search.images, open_and_load, settings.prefetch * settings.batch_images * settings.workers)
     segmented = read_ahead(_batches(jobs, settings.batch_images), lambda batch: (batch, _segment(segmenter, batch)),
                            depth=settings.workers - 1, threads=settings.workers, name="freecp-model")
     try:
-        with Progress(*columns, disable=not progress) as bar, WriteBehind(2 * settings.batch_images) as writer:
-            task = bar.add_task("segmenting", total=len(search.images), rate="")
+        with WriteBehind(2 * settings.batch_images) as writer:
             pending: deque[Future[ImageRecord]] = deque()
 
             def collect(block: bool) -> None:
@@ -414,8 +438,8 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path, progr
                 raises here, in the run's thread."""
                 while pending and (block or pending[0].done()):
                     records.append(pending.popleft().result())
-                    rate = len(records) / (time.perf_counter() - start)
-                    bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+                    if on_progress is not None:
+                        on_progress("segmenting", len(records), len(search.images))
 
             for batch, results in segmented:
                 for job, result in zip(batch, results):

@@ -231,7 +231,7 @@ def test_two_runs_on_one_folder_share_the_images(tmp_path, tiny_backbone, tiny_v
 
     def worker() -> None:
         start.wait()
-        summaries.append(segment_folder(segmenter, images, out, progress=False))
+        summaries.append(segment_folder(segmenter, images, out))
 
     with one_torch_thread():
         threads = [threading.Thread(target=worker) for _ in range(2)]
@@ -270,7 +270,7 @@ def test_a_simulated_full_disk_stops_the_run_and_keeps_the_index(tmp_path, monke
     monkeypatch.setattr(pipeline, "write_overlay", full_at_b)
     segmenter = Segmenter(tiny_backbone, load_vocabulary("voc21"), tiny_voc21_embeddings, SegmentSettings())
     with one_torch_thread(), pytest.raises(pipeline.DiskFullError) as stopped:
-        pipeline.segment_folder(segmenter, images, out, progress=False)
+        pipeline.segment_folder(segmenter, images, out)
     assert [r.path for r in stopped.value.summary.records] == ["a.png"]
     assert list(_index(out)) == ["a.png"]
     assert not (out / "masks" / "b.png.png").exists() and not (out / ".records" / "b.png.json").exists()

@@ -100,7 +100,7 @@ def test_read_ahead_and_batching_write_the_same_files(tiny_backbone, tiny_voc21_
         for name, prefetch, batch, workers in modes:
             settings = settings_for("voc21", prefetch=prefetch, batch_images=batch, workers=workers, **FAST)
             segmenter = Segmenter(tiny_backbone, VOC21, tiny_voc21_embeddings, settings)
-            summary = segment_folder(segmenter, folder, tmp_path / name, progress=False)
+            summary = segment_folder(segmenter, folder, tmp_path / name)
             assert [r.status for r in summary.records] == ["failed", "done", "done", "done", "done"]
             assert summary.threads.segmenters == workers
             runs[name] = run_outputs(tmp_path / name)

@@ -11,13 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from freecp.commands import options as opt
+from freecp.commands.progress import progress_bars
 from freecp.commands.segment import print_summary
 from freecp.evaluate import DATASET_LAYOUTS
+from freecp.jobs import SegmentJob
 
 console = Console(stderr=True, soft_wrap=True)
 
 
-@opt.with_segmentation_options
+@opt.with_jobs(job=SegmentJob)
 def benchmark(
     data_root: Annotated[Path, typer.Argument(help="The dataset's root folder in its standard layout.")],
     dataset: Annotated[str, typer.Option("--dataset", help=f"One of: {', '.join(DATASET_LAYOUTS)}.")],
@@ -26,7 +28,7 @@ def benchmark(
         Optional[int], typer.Option("--limit", min=1, help="Only the split's first N images (a partial score).")
     ] = None,
     *,
-    options: opt.SegmentationOptions,
+    job: SegmentJob,
 ) -> None:
     """Segment exactly DATA_ROOT's validation split with the dataset's preset, score it as
     mmsegmentation does and compare with the paper; resumes like `freecp segment`.
@@ -39,9 +41,10 @@ def benchmark(
 
     try:
         split = find_split(data_root, dataset, limit)
-        settings = options.settings(split.layout.name)
-        segmenter = options.open_segmenter(load_vocabulary(split.layout.name), settings, console)
-        report, summary = run_benchmark(segmenter, split, out, options.weights)
+        settings = job.overrides.settings(split.layout.name)
+        segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), settings, console)
+        with progress_bars() as on_progress:
+            report, summary = run_benchmark(segmenter, split, out, job.clip.weights, on_progress)
     except (BenchmarkError, EvaluationError, VocabularyError, WeightsUnavailableError, StoreError,
             FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/] {err}")

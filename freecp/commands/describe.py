@@ -14,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from freecp.defaults import DEFAULT_CACHE, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL, PROMPT_SET, SMOLLM2_NAME
+from freecp.commands.options import with_jobs
+from freecp.commands.progress import library_log_lines, progress_bars
+from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
+from freecp.jobs import DescribeJob
 
 if TYPE_CHECKING:
     from freecp.describe.run import DescribeSummary
@@ -64,29 +67,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@with_jobs(job=DescribeJob)
 def describe(
     vocab: Annotated[str | None, typer.Argument(help="Vocabulary: a shipped name (voc21) or a file.")] = None,
-    llm_url: Annotated[str | None, typer.Option(
-        envvar="FREECP_LLM_URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. "
-        "Without it, a local server is started for the run (vLLM if available).")] = None,
-    llm_model: Annotated[str | None, typer.Option(
-        envvar="FREECP_LLM_MODEL", help=f"Model name to request (default {DEFAULT_VLLM_MODEL}); "
-        f"without vLLM use {SMOLLM2_NAME} or a local model folder.")] = None,
-    cache: Annotated[str, typer.Option(
-        envvar="FREECP_CACHE", help="Store root: a directory or s3://bucket/prefix.")] = DEFAULT_CACHE,
-    per_class: Annotated[int, typer.Option(min=1, help="Descriptions wanted per class.")] = 20,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = DEFAULT_TEMPERATURE,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit per request.")] = DEFAULT_MAX_TOKENS,
-    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one request may take in all (connecting, waiting, reading).")] = 300.0,
-    max_requests: Annotated[int | None, typer.Option(min=1, help="Request limit per class.")] = None,
-    retries: Annotated[int, typer.Option(
-        min=0, help="Retries of a request after a connection error, timeout, 429 or 5xx.")] = 4,
-    prompt_set: Annotated[str, typer.Option(
-        help="Prompt folder under prompts/ (its name carries its version).")] = PROMPT_SET,
-    structured: Annotated[bool | None, typer.Option(
-        "--structured/--free-text", help="Ask for JSON-schema output (default: only from vLLM).")] = None,
-    vllm_bin: Annotated[str | None, typer.Option(help="vLLM executable for a local server.")] = None,
     show: Annotated[str | None, typer.Option(help="Print the cached descriptions of this class.")] = None,
     export_batch_to: Annotated[Path | None, typer.Option(
         "--export-batch", help="Write the missing requests as a `vllm run-batch` input file.")] = None,
@@ -97,6 +80,8 @@ def describe(
     import_json: Annotated[Path | None, typer.Option(
         help=escape("Read reviewed {class: [descriptions]} from this file; they replace the generated ones."))] = None,
     compact: Annotated[bool, typer.Option(help="Merge the cache's shards into one.")] = False,
+    *,
+    job: DescribeJob,
 ) -> None:
     """Write visual descriptions of every class with an LLM, sending only what the cache lacks."""
     modes = {"--show": show, "--export-batch": export_batch_to, "--import-batch": import_batch_from,
@@ -105,12 +90,13 @@ def describe(
     if len(chosen) > 1:
         err.print(f"[red]error:[/] {' and '.join(chosen)} cannot be combined")
         raise typer.Exit(2)
-    from freecp.describe.run import describe_vocabulary
+    from freecp.describe.run import describe as describe_job
     from freecp.stores.descriptions import DescriptionCache
     from freecp.vocab import load_vocabulary
 
+    llm_model = job.llm.llm_model  # None: every model's descriptions (--show, --export-json)
     with _user_errors():
-        store = DescriptionCache(cache)
+        store = DescriptionCache(job.cache)
         if show:
             _show(store, show, llm_model)
         elif compact:
@@ -124,20 +110,16 @@ def describe(
         else:
             if not vocab:
                 raise ValueError(f"{chosen[0] if chosen else 'describe'} needs a VOCAB argument")
-            vocabulary, model = load_vocabulary(vocab), llm_model or DEFAULT_VLLM_MODEL
-            plan_options = dict(per_class=per_class, temperature=temperature, max_tokens=max_tokens,
-                                max_requests=max_requests, prompt_set=prompt_set)
+            vocabulary, model = load_vocabulary(vocab), job.llm.model
             if export_batch_to:
-                _export_batch(vocabulary, export_batch_to, store, model, structured is not False, plan_options)
+                _export_batch(vocabulary, export_batch_to, store, model, job.llm.structured is not False,
+                              job.plan_options())
             elif import_batch_from:
-                _import_batch(vocabulary, import_batch_from, store, model, plan_options)
+                _import_batch(vocabulary, import_batch_from, store, model, job.plan_options())
             else:
-                summary = describe_vocabulary(
-                    vocabulary, llm_url=llm_url, llm_model=model, cache=store, concurrency=concurrency,
-                    timeout=timeout, retries=retries, structured=structured, vllm_bin=vllm_bin, progress=True,
-                    **plan_options,
-                )
-                _print_summary(summary, per_class)
+                with progress_bars() as on_progress, library_log_lines("freecp.describe", err):
+                    summary = describe_job(vocabulary, job, on_progress, cache=store)
+                _print_summary(summary, job.per_class)
                 if not summary.ok:
                     raise typer.Exit(1)
 

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from freecp.commands import store_check
 from freecp.commands.progress import progress_bars
-from freecp.commands.options import QUICK_GELU_HELP
+from freecp.commands.options import with_jobs
+from freecp.jobs import EncodeJob
 
 # The library (torch, open_clip, pyarrow) is imported inside the commands, so `freecp --help`
 # and a mistyped option answer at once.
@@ -46,32 +47,22 @@ def _table(title: str, *headers: str) -> Table:
     return table
 
 
+@with_jobs(job=EncodeJob)
 def encode(
     vocab: VocabArg,
-    store: Annotated[str, typer.Option(help="Embedding store root: a local directory or s3://bucket/prefix.")],
-    model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-16",
-    pretrained: Annotated[str, typer.Option(help="Pretrained tag; `none` = random weights.")] = "openai",
-    clip_checkpoint: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
-    quick_gelu: Annotated[Optional[bool], typer.Option(
-        "--quick-gelu/--no-quick-gelu", help=QUICK_GELU_HELP)] = None,
-    descriptions: Annotated[Optional[str], typer.Option(
-        help="Description cache URL; its descriptions of the classes are encoded too.")] = None,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass of the text tower.")] = 256,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    *,
+    job: EncodeJob,
 ) -> None:
     """Encode a vocabulary's class names (80 templates) and descriptions once into a store.
 
     Only texts the store lacks are encoded; a class shared with another vocabulary is reused.
     """
-    from freecp.encoding import encode_vocabulary
+    from freecp.encoding import encode as encode_job
     from freecp.vocab import load_vocabulary
 
     with _user_errors(), progress_bars(progress) as on_progress:
-        summary = encode_vocabulary(load_vocabulary(vocab), store=store, model=model, pretrained=pretrained,
-                                    clip_checkpoint=clip_checkpoint, descriptions=descriptions,
-                                    device=device, on_progress=on_progress, batch_size=batch_size,
-                                    quick_gelu=quick_gelu)
+        summary = encode_job(load_vocabulary(vocab), job, on_progress)
     typer.echo(summary.line())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,3 +26,29 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
 
     with display:
         yield report
+
+
+@contextmanager
+def library_log_lines(logger: str, console: Console) -> Iterator[None]:
+    """Print the INFO lines of a library logger (e.g. "starting a local LLM server") on ``console``
+    while the block runs; the library itself only logs."""
+    handler = _ConsoleHandler(console)
+    library = logging.getLogger(logger)
+    previous = library.level
+    library.addHandler(handler)
+    if library.getEffectiveLevel() > logging.INFO:
+        library.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(previous)
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(record.getMessage(), markup=False, highlight=False)

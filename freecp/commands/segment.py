@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -11,19 +11,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from freecp.commands import options as opt
+from freecp.commands.progress import progress_bars
+from freecp.jobs import FolderJob
 
 console = Console(stderr=True, soft_wrap=True)
 
 
-@opt.with_segmentation_options
+@opt.with_jobs(job=FolderJob)
 def segment(
     images: Path = typer.Argument(..., help="An image file or a folder (searched recursively)."),
     vocab: str = typer.Option(..., "--vocab", help="Shipped vocabulary name (voc21, ade150, ...) or a file."),
     out: Path = typer.Option(..., "--out", help="Output folder: masks/, overlays/, records.parquet."),
-    follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
-                                         help="Also read symlinks that lead outside IMAGES (default: left out)."),
     *,
-    options: opt.SegmentationOptions,
+    job: FolderJob,
 ) -> None:
     """Segment IMAGES against a vocabulary.
 
@@ -36,16 +36,17 @@ def segment(
 
     try:  # everything the user can get wrong is checked here, before torch is imported
         vocabulary = load_vocabulary(vocab)
-        settings = options.settings(vocabulary.name)
-        options = dataclasses.replace(options, device=parse_device(options.device))
+        settings = job.segment.overrides.settings(vocabulary.name)
+        clip = replace(job.segment.clip, device=parse_device(job.segment.clip.device))
+        job = replace(job, segment=replace(job.segment, clip=clip))
         if not images.exists():
             raise FileNotFoundError(f"{images} does not exist")
-        if options.clip_checkpoint is not None and not options.clip_checkpoint.is_file():
-            raise FileNotFoundError(f"--clip-checkpoint {options.clip_checkpoint} is not a file")
+        if clip.clip_checkpoint is not None and not Path(clip.clip_checkpoint).is_file():
+            raise FileNotFoundError(f"--clip-checkpoint {clip.clip_checkpoint} is not a file")
         prepare_output(out)
     except (VocabularyError, DeviceError, LayoutError, FileNotFoundError, ValueError, OSError) as err:
         _fail(err)
-    _segment(images, out, vocabulary, settings, options, follow_symlinks)
+    _segment(images, out, vocabulary, settings, job)
 
 
 def _fail(err: BaseException | str, code: int = 2) -> None:
@@ -53,8 +54,7 @@ def _fail(err: BaseException | str, code: int = 2) -> None:
     raise typer.Exit(code) from None
 
 
-def _segment(images: Path, out: Path, vocabulary, settings, options: opt.SegmentationOptions,
-             follow_symlinks: bool) -> None:
+def _segment(images: Path, out: Path, vocabulary, settings, job: FolderJob) -> None:
     """The heavy part: check the device, build the segmenter, run the folder, report."""
     from freecp.clip import WeightsUnavailableError
     from freecp.device import DeviceError, check_device
@@ -63,9 +63,10 @@ def _segment(images: Path, out: Path, vocabulary, settings, options: opt.Segment
     from freecp.vocab import VocabularyError
 
     try:
-        check_device(options.device)
-        segmenter = options.open_segmenter(vocabulary, settings, console)
-        summary = segment_folder(segmenter, images, out, follow_symlinks=follow_symlinks)
+        check_device(job.segment.clip.device)
+        segmenter = opt.open_segmenter(job.segment, vocabulary, settings, console)
+        with progress_bars() as on_progress:
+            summary = segment_folder(segmenter, images, out, on_progress, follow_symlinks=job.follow_symlinks)
     except (VocabularyError, DeviceError, WeightsUnavailableError, StoreError, FileNotFoundError, ValueError) as err:
         _fail(err)
     except DiskFullError as err:
@@ -82,25 +83,24 @@ def _segment(images: Path, out: Path, vocabulary, settings, options: opt.Segment
 
 
 def print_summary(summary, out: Path) -> None:
-    """The run's counts, the classes found and removed most often, and every failure, on stderr."""
-    done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
+    """The run's totals (``freecp.run_report``, as the flow's artifacts have them) on stderr."""
+    from freecp.run_report import run_totals
+
+    totals = run_totals([record.to_dict() for record in summary.records], top=8)
     table = Table(title=f"freecp segment -> {out}")
-    table.add_column("images")
-    table.add_column("done")
-    table.add_column("skipped")
-    table.add_column("failed")
-    table.add_column("s / image")
-    table.add_row(str(len(summary.records)), str(done), str(skipped), str(failed),
-                  f"{summary.seconds / max(done, 1):.2f}")
+    for column in ("images", "done", "skipped", "failed", "s / image"):
+        table.add_column(column)
+    table.add_row(str(totals.images), *(str(totals.counts[s]) for s in ("done", "skipped", "failed")),
+                  f"{totals.seconds_per_image:.2f}")
     console.print(table)
-    if summary.top_classes():
-        console.print("classes found most often: " + ", ".join(f"{c} ({n})" for c, n in summary.top_classes(8)))
-    if summary.top_removed():
+    if totals.top_classes:
+        console.print("classes found most often: " + ", ".join(f"{c} ({n})" for c, n in totals.top_classes))
+    if totals.top_removed:
         console.print("removed by purification most often: "
-                      + ", ".join(f"{c} ({n})" for c, n in summary.top_removed(8)))
-    for record in summary.failed:
-        console.print(f"[red]failed[/] {escape(record.path)}: {escape(record.error)}")
-    if claimed := summary.count("claimed"):
+                      + ", ".join(f"{c} ({n})" for c, n in totals.top_removed))
+    for path, error in totals.failures:
+        console.print(f"[red]failed[/] {escape(path)}: {escape(error)}")
+    if claimed := totals.counts["claimed"]:
         console.print(f"{claimed} images were being segmented by another run on this folder; it records them")
     if summary.outside_links:
         console.print(f"{len(summary.outside_links)} symlinks lead outside the images folder and were "

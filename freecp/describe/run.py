@@ -17,10 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from freecp.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, PROMPT_SET
+from freecp.jobs import DescribeJob, LlmEndpoint
+from freecp.progress import ProgressCallback
 from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableError
 from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
 from freecp.describe.serve import LocalServer, server_command
@@ -69,25 +67,37 @@ def served_model_name(llm_model: str) -> str:
     return path.name if path.is_dir() else llm_model
 
 
+def describe(vocab: Vocabulary, job: DescribeJob, on_progress: ProgressCallback | None = None,
+             cache: DescriptionCache | None = None) -> DescribeSummary:
+    """``describe_vocabulary`` for a ``DescribeJob`` (the CLI, the flows and Python callers alike);
+    ``cache`` is the job's description cache when already open."""
+    llm = job.llm
+    return describe_vocabulary(vocab, llm_url=llm.llm_url, llm_model=llm.model, cache=cache or job.cache,
+                               concurrency=llm.concurrency, timeout=llm.timeout, retries=llm.retries,
+                               structured=llm.structured, vllm_bin=llm.vllm_bin, on_progress=on_progress,
+                               **job.plan_options())
+
+
 def describe_vocabulary(
     vocab: Vocabulary,
     *,
     llm_url: str | None,
     llm_model: str,
     cache: str | DescriptionCache,
-    per_class: int = 20,
-    concurrency: int = 8,
-    temperature: float = DEFAULT_TEMPERATURE,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    progress: bool = True,
-    timeout: float = 300.0,
-    retries: int = 4,
+    per_class: int = DescribeJob.per_class,
+    concurrency: int = LlmEndpoint.concurrency,
+    temperature: float = DescribeJob.temperature,
+    max_tokens: int = DescribeJob.max_tokens,
+    on_progress: ProgressCallback | None = None,
+    timeout: float = LlmEndpoint.timeout,
+    retries: int = LlmEndpoint.retries,
     max_requests: int | None = None,
     structured: bool | None = None,
-    prompt_set: str = PROMPT_SET,
+    prompt_set: str = DescribeJob.prompt_set,
     vllm_bin: str | None = None,
 ) -> DescribeSummary:
-    """Fill the description cache for every foreground class of ``vocab``.
+    """Fill the description cache for every foreground class of ``vocab``; ``on_progress``
+    hears of every class finished ("describing classes", done, total).
 
     With ``llm_url`` None a local server is started for the run when (and only if) a request
     must be sent, and stopped afterwards (``freecp.describe.serve.server_command`` picks vLLM or
@@ -102,7 +112,7 @@ def describe_vocabulary(
     summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans))
     connector = _Connector(llm_url, llm_model, model, concurrency=concurrency, timeout=timeout, retries=retries,
                            structured=structured, vllm_bin=vllm_bin)
-    runner = _Runner(store, plans, connector, summary, progress)
+    runner = _Runner(store, plans, connector, summary, on_progress)
     try:
         asyncio.run(runner.run())
     except LLMUnavailableError as err:
@@ -156,35 +166,36 @@ class _Connector:
             self.server = None
 
 
+def _say(text: str) -> None:
+    """What the run is doing besides asking (starting a local server): a library log line."""
+    log.info("%s", text)
+
+
 class _Runner:
     def __init__(self, store: DescriptionCache, plans: list[ClassPlan], connector: _Connector,
-                 summary: DescribeSummary, progress: bool):
+                 summary: DescribeSummary, on_progress: ProgressCallback | None):
         self.store, self.plans, self.connector, self.summary = store, plans, connector, summary
-        self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("[bold]describing[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("classes"),
-            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=self.console, disable=not progress,
-        )
-        self.task = self.progress.add_task("describe", total=len(plans), counts="")
+        self.on_progress = on_progress
+        self.classes_closed = 0
         self.pending: list[CacheEntry] = []
         self.last_flush = time.monotonic()
 
     async def run(self) -> None:
-        with self.progress:
-            tasks = [asyncio.create_task(self._describe(plan)) for plan in self.plans]
-            flusher = asyncio.create_task(self._flush_every_second())
-            try:
-                if tasks:
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                    for task in done:
-                        task.result()  # re-raises the first error
-            finally:
-                for task in (*tasks, flusher):
-                    task.cancel()
-                await asyncio.gather(*tasks, flusher, return_exceptions=True)
-                await self.connector.aclose()
-                if self.connector.client is not None:
-                    self.summary.server = self.connector.client.server
+        self._report()
+        tasks = [asyncio.create_task(self._describe(plan)) for plan in self.plans]
+        flusher = asyncio.create_task(self._flush_every_second())
+        try:
+            if tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # re-raises the first error
+        finally:
+            for task in (*tasks, flusher):
+                task.cancel()
+            await asyncio.gather(*tasks, flusher, return_exceptions=True)
+            await self.connector.aclose()
+            if self.connector.client is not None:
+                self.summary.server = self.connector.client.server
 
     async def _describe(self, plan: ClassPlan) -> None:
         described = any(self._usable(p.key) for p in plan.candidates)
@@ -193,7 +204,7 @@ class _Runner:
             misses = [p for p in wave if p.key not in self.store or not (described or self._usable(p.key))]
             saved: dict[str, CacheEntry | BaseException] = {}
             if misses:
-                client = await self.connector.get(self._say)
+                client = await self.connector.get(_say)
                 results = await asyncio.gather(*(self._ask(client, p) for p in misses), return_exceptions=True)
                 saved = {p.key: r for p, r in zip(misses, results, strict=True)}
             for planned in wave:  # recorded in plan order, so a re-run from the cache decides alike
@@ -205,7 +216,6 @@ class _Runner:
                 else:
                     self.summary.cache_hits += planned.key not in saved
                     plan.record(result.descriptions)
-            self._show()
         self._close_class(plan)
 
     def _usable(self, key: str) -> bool:
@@ -248,16 +258,12 @@ class _Runner:
             self.summary.classes_done += 1
         else:
             self.summary.short[name] = (len(plan.descriptions), plan.shortfall())
-        self.progress.advance(self.task)
-        self._show()
+        self.classes_closed += 1
+        self._report()
 
-    def _say(self, text: str) -> None:
-        log.info("%s", text)
-        if not self.progress.disable:
-            self.progress.console.print(text, markup=False, highlight=False)
-
-    def _show(self) -> None:
-        self.progress.update(self.task, counts=f"{self.summary.requests_sent} sent, {self.summary.cache_hits} cached")
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress("describing classes", self.classes_closed, len(self.plans))
 
     def finish(self) -> None:
         """Save whatever answers are still buffered (also after an error or an interrupt)."""
