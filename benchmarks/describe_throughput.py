@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def timed_run(vocab, cache: str, url: str, model: str, concurrency: int, args) -> tuple[float, DescribeSummary, int]:
     start = time.perf_counter()
     summary = describe_vocabulary(vocab, llm_url=url, llm_model=model, cache=cache, per_class=args.per_class,
-                                  concurrency=concurrency, max_tokens=args.max_tokens, max_requests=args.max_requests,
-                                  progress=False)
+                                  concurrency=concurrency, max_tokens=args.max_tokens, max_requests=args.max_requests)
     seconds = time.perf_counter() - start
     described = sum(len(texts) for texts in DescriptionCache(cache).descriptions_for(vocab).values())
     return seconds, summary, described

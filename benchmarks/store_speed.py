@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from freecp.clip import load_backbone
+from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
 
@@ -64,8 +65,8 @@ def reuse_ratio(backbone, url: str, classes: int) -> None:
     descriptions = {n: [f"{n} seen from above", f"{n} on a table"] for n in names}
     vocab = load_vocabulary(names)
     store = EmbeddingStore(url)
-    first, summary = timed(lambda: store.ensure(vocab, backbone, descriptions))
-    again, rerun = timed(lambda: EmbeddingStore(url).ensure(vocab, backbone, descriptions))
+    first, summary = timed(lambda: ensure_encoded(store, vocab, backbone, descriptions))
+    again, rerun = timed(lambda: ensure_encoded(EmbeddingStore(url), vocab, backbone, descriptions))
     print(f"\n2. reuse, {classes} classes: {summary.classes_encoded} class names (80 prompts each) "
           f"and {summary.descriptions_encoded} descriptions")
     print(f"   first run {first:.2f} s, re-run {again:.3f} s (encoded {rerun.encoded}), "
@@ -74,7 +75,7 @@ def reuse_ratio(backbone, url: str, classes: int) -> None:
 
 def read_times(url: str, sizes: list[int], per_class: int, dim: int, repeats: int, parts: int) -> None:
     backbone = SyntheticBackbone(dim)
-    store = EmbeddingStore(url, batch_size=4096)
+    store = EmbeddingStore(url)
     largest = max(sizes)
     names = [f"class {i}" for i in range(largest)]
     descriptions = {n: [f"{n} description {j}" for j in range(per_class)] for n in names}
@@ -82,12 +83,13 @@ def read_times(url: str, sizes: list[int], per_class: int, dim: int, repeats: in
     step = -(-largest // parts)  # like several teams' vocabularies arriving one after another
     for first in range(0, largest, step):
         part = names[first:first + step]
-        store.ensure(load_vocabulary(part), backbone, {n: descriptions[n] for n in part})
+        ensure_encoded(store, load_vocabulary(part), backbone, {n: descriptions[n] for n in part}, batch_size=4096)
     seconds = time.perf_counter() - start
     vocabularies = {}
     for size in sizes:
         vocabularies[size] = load_vocabulary(names[:size])
-        store.ensure(vocabularies[size], backbone, {n: descriptions[n] for n in names[:size]})
+        ensure_encoded(store, vocabularies[size], backbone, {n: descriptions[n] for n in names[:size]},
+                       batch_size=4096)
     print(f"\n3. read one vocabulary's matrices, dim {dim}, {per_class} descriptions per class; the store "
           f"holds {largest} classes, {largest * per_class} descriptions (filled in {seconds:.1f} s)")
     for label in ("as written", "after compact"):
@@ -95,7 +97,7 @@ def read_times(url: str, sizes: list[int], per_class: int, dim: int, repeats: in
             store.compact()
         shards = sum(m.shards for m in store.list_models() if m.model_key == backbone.model_key)
         for size in sizes:
-            runs = [timed(lambda: EmbeddingStore(url).load(vocabularies[size], backbone))[0]
+            runs = [timed(lambda: load_embeddings(EmbeddingStore(url), vocabularies[size], backbone))[0]
                     for _ in range(repeats)]
             print(f"   {label:13s} ({shards:3d} shards) {size:5d} classes: "
                   f"median {1000 * statistics.median(runs):7.1f} ms  (min {1000 * min(runs):.1f})")

@@ -1,6 +1,8 @@
-"""The encode step as one function: a vocabulary (and its cached descriptions) into an embedding store.
+"""The encode step: the texts a vocabulary needs, through the CLIP text tower, into an embedding store.
 
-The CLI and the Prefect encode flow both call ``encode`` with an ``EncodeJob``; it opens the store and reads
+The store (``freecp.stores.embeddings``) says what is missing and writes vectors; this module
+runs the model over the missing texts and turns stored vectors back into tensors. The CLI and
+the Prefect encode flow both call ``encode`` with an ``EncodeJob``; it opens the store and reads
 the descriptions before loading the CLIP model, so a bad URL fails in a second, not after the load.
 When the store already holds every text, the model is never built and torch never imported: the
 decision needs only the manifest, the stored hashes and the model key the store remembers for
@@ -9,12 +11,24 @@ this weights request (``freecp.clip.keys``; the first run of a request builds th
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from freecp.clip.keys import weights_request
 from freecp.jobs import ClipModel, EncodeJob
 from freecp.progress import ProgressCallback
 from freecp.stores.descriptions import DescriptionCache
-from freecp.stores.embeddings import EmbeddingStore, EncodeSummary
+from freecp.stores.embeddings import CLASS, DESCRIPTION, EmbeddingStore, EncodeSummary, unique_means
+from freecp.templates import IMAGENET_TEMPLATES
 from freecp.vocab import Vocabulary
+
+if TYPE_CHECKING:  # torch loads only where vectors are computed or become tensors
+    import torch
+
+    from freecp.clip.text import ClassEmbeddings
 
 
 def encode(vocab: Vocabulary, job: EncodeJob, on_progress: ProgressCallback | None = None) -> EncodeSummary:
@@ -37,7 +51,7 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model:
     forward pass of the text tower. ``quick_gelu`` picks the activation of a checkpoint
     (None: detect, see ``freecp.clip.activation``).
     """
-    embeddings = EmbeddingStore(store, batch_size=batch_size)
+    embeddings = EmbeddingStore(store)
     texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
     request = weights_request(model, pretrained, clip_checkpoint, quick_gelu=quick_gelu)
     key = embeddings.key_for(request)
@@ -48,6 +62,74 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model:
 
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
                              quick_gelu=quick_gelu)
-    summary = embeddings.ensure(vocab, backbone, texts, on_progress=on_progress)
+    summary = ensure_encoded(embeddings, vocab, backbone, texts, on_progress=on_progress, batch_size=batch_size)
     embeddings.remember_key(request, backbone.model_key)
     return summary
+
+
+def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone,
+                   descriptions: dict[str, list[str]] | None = None, on_progress: ProgressCallback | None = None,
+                   batch_size: int = EncodeJob.batch_size) -> EncodeSummary:
+    """Encode what ``vocab`` needs and ``store`` lacks with ``backbone``, then write the manifest.
+
+    ``descriptions`` maps a class name to its description texts (see ``EmbeddingStore.plan``).
+    ``on_progress(what, done, total)`` is called after each encoded chunk.
+    """
+    from freecp.clip.text import average_embeddings, encode_class_names
+    import torch
+
+    started = time.monotonic()
+    dim = int(backbone.embed_dim)
+    plan = store.plan(vocab, backbone.model_key, dim, descriptions)
+    writer = store.writer(plan, dim)
+    fresh: dict[str, np.ndarray] = {}
+    names_per_call = max(1, round(batch_size / len(IMAGENET_TEMPLATES)))
+    for hashes, texts in _chunks("class names", plan.new_classes, names_per_call, on_progress):
+        writer.add(CLASS, hashes, texts, _numpy(encode_class_names(backbone, texts, batch_size=batch_size)))
+    for hashes, texts in _chunks("descriptions", plan.new_descriptions, batch_size, on_progress):
+        vectors = _numpy(backbone.encode_texts(texts, batch_size=batch_size))
+        writer.add(DESCRIPTION, hashes, texts, vectors)
+        fresh.update(zip(hashes, vectors))
+    if plan.new_means:
+        vectors = store.stored_descriptions(plan, dim, fresh)
+        means = unique_means(plan.new_means)
+        writer.add_means(means, [_numpy(average_embeddings(torch.from_numpy(
+            np.stack([vectors[h] for h in p.description_hashes])))) for p in means])
+    writer.flush()
+    return store.finish(plan, dim, started)
+
+
+def load_embeddings(store: EmbeddingStore, vocab: Vocabulary, backbone_or_model_key) -> ClassEmbeddings:
+    """The vocabulary's query and description matrices from ``store``, as the segmenter's tensors
+    (no encoding); a model key alone skips the dimension check."""
+    import torch
+
+    from freecp.clip.text import ClassEmbeddings
+
+    if isinstance(backbone_or_model_key, str):
+        key, dim = backbone_or_model_key, None
+    else:
+        key, dim = backbone_or_model_key.model_key, int(backbone_or_model_key.embed_dim)
+    stored = store.load_vectors(vocab, key, dim)
+    return ClassEmbeddings(
+        queries=torch.from_numpy(stored.queries),
+        query_class=torch.tensor(vocab.query_class, dtype=torch.long),
+        descriptions=None if stored.descriptions is None else torch.from_numpy(stored.descriptions),
+        described=torch.from_numpy(stored.described),
+        source="store",
+    )
+
+
+def _numpy(vectors: torch.Tensor) -> np.ndarray:
+    return vectors.detach().float().cpu().contiguous().numpy()
+
+
+def _chunks(label: str, texts: dict[str, str], size: int,
+            on_progress: ProgressCallback | None) -> Iterator[tuple[list[str], list[str]]]:
+    """The texts to encode in chunks of ``size`` (hashes, texts), reporting each one done."""
+    items = list(texts.items())
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield [h for h, _ in chunk], [t for _, t in chunk]
+        if on_progress is not None:
+            on_progress(f"encoding {label}", start + len(chunk), len(items))

@@ -38,7 +38,7 @@ import numpy as np
 
 from freecp.claims import claim
 from freecp.clip import embed_vocabulary, load_backbone
-from freecp.clip.templates import IMAGENET_TEMPLATES
+from freecp.templates import IMAGENET_TEMPLATES
 from freecp.files import atomic_write
 from freecp.inputs import ImageSearch, find_images
 from freecp.jobs import ClipModel, FolderJob, SegmentJob
@@ -168,12 +168,13 @@ def build_segmenter(vocab: Vocabulary, *, model: str = ClipModel.model, pretrain
     if store is None:
         embeddings = embed_vocabulary(backbone, vocab)
     else:
+        from freecp.encoding import ensure_encoded, load_embeddings
         from freecp.stores.embeddings import EmbeddingStore
 
         embedding_store = EmbeddingStore(store)
         if encode_missing:
-            embedding_store.ensure(vocab, backbone, on_progress=on_progress)
-        embeddings = embedding_store.load(vocab, backbone)
+            ensure_encoded(embedding_store, vocab, backbone, on_progress=on_progress)
+        embeddings = load_embeddings(embedding_store, vocab, backbone)
     log.info("segmenter ready: CLIP %s, vocabulary %s (%d classes), text embeddings from %s",
              backbone.model_key, vocab.name, len(vocab), store or "a fresh encoding")
     return Segmenter(backbone, vocab, embeddings, settings)

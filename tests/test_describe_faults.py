@@ -110,7 +110,7 @@ def asks_about(body: dict, name: str) -> bool:
 
 
 VOCAB = load_vocabulary(["cat", "dog"])
-FAST = dict(per_class=3, max_requests=2, concurrency=4, progress=False, retries=2, timeout=2.0)
+FAST = dict(per_class=3, max_requests=2, concurrency=4, retries=2, timeout=2.0)
 
 
 @pytest.fixture

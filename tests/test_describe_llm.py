@@ -27,7 +27,7 @@ from freecp.vocab import load_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from freecp.cli import main; main()"]
-SMALL = dict(per_class=2, max_tokens=24, max_requests=2, concurrency=4, progress=False)
+SMALL = dict(per_class=2, max_tokens=24, max_requests=2, concurrency=4)
 SMALL_FLAGS = ["--per-class", "2", "--max-tokens", "24", "--max-requests", "2"]
 
 
@@ -114,8 +114,7 @@ def test_run_interrupted_by_a_stopped_server_resumes_without_loss(
     assert url.startswith("http://127.0.0.1:") and model == llm_server.model
     vocab = load_vocabulary(["cat"])
     cache = DescriptionCache(tmp_path / "cache")
-    options = dict(per_class=50, max_requests=4, max_tokens=32, concurrency=1, retries=1,
-                   progress=False)
+    options = dict(per_class=50, max_requests=4, max_tokens=32, concurrency=1, retries=1)
     outcome: dict[str, BaseException] = {}
 
     def describe() -> None:
@@ -156,7 +155,7 @@ def test_run_interrupted_by_a_stopped_server_resumes_without_loss(
 def test_without_a_url_a_local_server_is_started_and_stopped(tmp_path: Path, smollm2_folder: Path):
     vocab = load_vocabulary(["horse"])
     cache = str(tmp_path / "cache")
-    options = dict(per_class=1, max_requests=1, max_tokens=8, progress=False)
+    options = dict(per_class=1, max_requests=1, max_tokens=8)
     summary = describe_vocabulary(vocab, llm_url=None, llm_model=str(smollm2_folder), cache=cache, **options)
     assert summary.requests_sent == 1 and summary.llm_model == smollm2_folder.name
     assert summary.server.startswith("http://127.0.0.1:")
@@ -171,7 +170,7 @@ def test_without_a_url_a_local_server_is_started_and_stopped(tmp_path: Path, smo
 def test_cache_on_s3(s3_bucket: str, llm_server):
     url = f"{s3_bucket}/shared/cache"
     vocab = load_vocabulary(["dog"])
-    options = dict(per_class=1, max_requests=1, max_tokens=8, progress=False)
+    options = dict(per_class=1, max_requests=1, max_tokens=8)
     first = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=url, **options)
     assert first.requests_sent == 1
     asked_again = 0 if DescriptionCache(url).descriptions_for(vocab) else 1  # no description: rule 7
@@ -197,7 +196,7 @@ def test_two_processes_describing_overlapping_vocabularies_share_one_cache(tmp_p
     union = load_vocabulary(["cat", "dog", "horse"])
     bare = 3 - len(DescriptionCache(cache_url).descriptions_for(union))  # asked again (rule 7)
     shared = describe_vocabulary(union, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache_url,
-                                 per_class=2, max_requests=1, max_tokens=16, progress=False)
+                                 per_class=2, max_requests=1, max_tokens=16)
     assert (shared.requests_sent, shared.cache_hits) == (bare, 3 - bare)
     assert {e.class_name for e in DescriptionCache(cache_url).entries()} == {"cat", "dog", "horse"}
 
@@ -225,5 +224,5 @@ def test_describe_command_killed_halfway_keeps_its_answers(tmp_path: Path, llm_s
     assert 1 <= len(saved) < 5
     reused = len(saved) if DescriptionCache(cache.url).descriptions_for(load_vocabulary(["bicycle"])) else 0
     resumed = describe_vocabulary(load_vocabulary(["bicycle"]), llm_url=llm_server.url, llm_model=llm_server.model,
-                                  cache=cache.url, per_class=50, max_requests=5, max_tokens=64, progress=False)
+                                  cache=cache.url, per_class=50, max_requests=5, max_tokens=64)
     assert (resumed.cache_hits, resumed.requests_sent) == (reused, 5 - reused)

@@ -27,6 +27,7 @@ from freecp.stores.embeddings import (
     ModelMismatchError,
     model_dir,
 )
+from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.files import TEMP_PREFIX
 from freecp.vocab import Vocabulary, load_vocabulary
 
@@ -42,6 +43,7 @@ WRITER = """
 import json, pathlib, sys, time, warnings
 warnings.simplefilter("ignore")
 from freecp.clip import load_backbone
+from freecp.encoding import ensure_encoded
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
 spec = json.loads(sys.argv[1])
@@ -57,11 +59,11 @@ if spec.get("block_after"):
             time.sleep(600)
         return original(texts, batch_size)
     backbone.encode_texts = encode_texts
-store = EmbeddingStore(spec["url"], flush_seconds=0, batch_size=80)
+store = EmbeddingStore(spec["url"], flush_seconds=0)
 pathlib.Path(spec["signal"]).touch()
 while spec.get("go") and not pathlib.Path(spec["go"]).exists():
     time.sleep(0.01)
-summary = store.ensure(load_vocabulary(spec["classes"]), backbone, spec.get("descriptions"))
+summary = ensure_encoded(store, load_vocabulary(spec["classes"]), backbone, spec.get("descriptions"), batch_size=80)
 print(json.dumps({"classes": summary.classes_encoded, "descriptions": summary.descriptions_encoded}))
 """
 
@@ -127,18 +129,18 @@ def _shards(store: EmbeddingStore, model_key: str, kind: str) -> list[str]:
 def test_vectors_read_back_equal_fresh_ones_and_a_rerun_encodes_nothing(store_url, tiny, fresh):
     vocab = load_vocabulary(VOCAB_A)
     reports: list[tuple[str, int, int]] = []
-    first = EmbeddingStore(store_url).ensure(vocab, tiny, DESCRIPTIONS_A, on_progress=lambda *r: reports.append(r))
+    first = ensure_encoded(EmbeddingStore(store_url), vocab, tiny, DESCRIPTIONS_A, on_progress=lambda *r: reports.append(r))
     assert (first.classes_encoded, first.descriptions_encoded, first.reused) == (4, 3, 0)
     assert reports[-1] == ("encoding descriptions", 3, 3)  # progress goes to the caller's callback
     assert ("encoding class names", 4, 4) in reports
     assert first.described_classes == 2 and first.manifest_written
 
     reader = EmbeddingStore(store_url)  # a new instance: nothing is remembered in memory
-    _assert_same(reader.load(vocab, tiny), fresh(vocab, DESCRIPTIONS_A))
-    _assert_same(reader.load(vocab, tiny.model_key), fresh(vocab, DESCRIPTIONS_A))
+    _assert_same(load_embeddings(reader, vocab, tiny), fresh(vocab, DESCRIPTIONS_A))
+    _assert_same(load_embeddings(reader, vocab, tiny.model_key), fresh(vocab, DESCRIPTIONS_A))
 
     files_before = reader.root.list_files()
-    again = EmbeddingStore(store_url).ensure(vocab, tiny, DESCRIPTIONS_A)
+    again = ensure_encoded(EmbeddingStore(store_url), vocab, tiny, DESCRIPTIONS_A)
     assert (again.encoded, again.classes_reused, again.descriptions_reused) == (0, 4, 3)
     assert not again.manifest_written
     assert reader.root.list_files() == files_before
@@ -146,11 +148,11 @@ def test_vectors_read_back_equal_fresh_ones_and_a_rerun_encodes_nothing(store_ur
 
 def test_a_class_shared_by_two_vocabularies_is_encoded_once(tmp_path, tiny, fresh):
     store = EmbeddingStore(str(tmp_path))
-    store.ensure(load_vocabulary(VOCAB_A), tiny)
+    ensure_encoded(store, load_vocabulary(VOCAB_A), tiny)
     vocab_b = load_vocabulary(VOCAB_B)
-    summary = store.ensure(vocab_b, tiny)
+    summary = ensure_encoded(store, vocab_b, tiny)
     assert (summary.classes_encoded, summary.classes_reused) == (1, 1)  # horse new, dog reused
-    _assert_same(store.load(vocab_b, tiny), fresh(vocab_b))
+    _assert_same(load_embeddings(store, vocab_b, tiny), fresh(vocab_b))
     assert {v.content_hash for v in store.list_vocabularies()} == {
         load_vocabulary(VOCAB_A).content_hash, vocab_b.content_hash}
 
@@ -158,16 +160,16 @@ def test_a_class_shared_by_two_vocabularies_is_encoded_once(tmp_path, tiny, fres
 def test_a_run_without_descriptions_keeps_them_and_new_ones_replace_them(tmp_path, tiny, fresh):
     vocab = load_vocabulary(VOCAB_A)
     store = EmbeddingStore(str(tmp_path))
-    store.ensure(vocab, tiny, DESCRIPTIONS_A)
+    ensure_encoded(store, vocab, tiny, DESCRIPTIONS_A)
 
-    kept = store.ensure(vocab, tiny, None)
+    kept = ensure_encoded(store, vocab, tiny, None)
     assert kept.encoded == 0 and kept.described_classes == 2 and not kept.manifest_written
-    _assert_same(store.load(vocab, tiny), fresh(vocab, DESCRIPTIONS_A))
+    _assert_same(load_embeddings(store, vocab, tiny), fresh(vocab, DESCRIPTIONS_A))
 
     changed = {"cat": ["a cat sleeping in the sun", "a small furry pet with whiskers"]}
-    summary = store.ensure(vocab, tiny, changed)
+    summary = ensure_encoded(store, vocab, tiny, changed)
     assert (summary.descriptions_encoded, summary.descriptions_reused) == (1, 2)  # dog's is kept
-    _assert_same(store.load(vocab, tiny), fresh(vocab, {**DESCRIPTIONS_A, **changed}))
+    _assert_same(load_embeddings(store, vocab, tiny), fresh(vocab, {**DESCRIPTIONS_A, **changed}))
     coverage = store.inspect(vocab, tiny.model_key)
     assert coverage.complete and [c.descriptions for c in coverage.classes] == [0, 2, 1]
 
@@ -175,42 +177,42 @@ def test_a_run_without_descriptions_keeps_them_and_new_ones_replace_them(tmp_pat
 def test_vectors_of_another_model_are_refused(tmp_path, tiny):
     vocab = load_vocabulary(VOCAB_B)
     store = EmbeddingStore(str(tmp_path))
-    store.ensure(vocab, tiny)
+    ensure_encoded(store, vocab, tiny)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         other = load_backbone("freecp-tiny", pretrained=None, seed=1)
     with pytest.raises(ModelMismatchError, match="freecp-tiny/random-seed0.*not of freecp-tiny/random-seed1"):
-        store.load(vocab, other)
+        load_embeddings(store, vocab, other)
 
     class SameKeyOtherDim:  # what a checkpoint mislabelled with this model's key would look like
         model_key = tiny.model_key
         embed_dim = tiny.embed_dim * 2
 
     with pytest.raises(ModelMismatchError, match="dim 64.*dim 128"):
-        store.load(vocab, SameKeyOtherDim())
+        load_embeddings(store, vocab, SameKeyOtherDim())
     with pytest.raises(ModelMismatchError):
-        store.ensure(vocab, SameKeyOtherDim())
+        ensure_encoded(store, vocab, SameKeyOtherDim())
 
     # A shard of one model copied into another model's folder is refused, not read as garbage.
     shard = _shards(store, tiny.model_key, CLASS)[0]
     store.root.write_bytes(f"{MODELS_DIR}/{model_dir(other.model_key)}/{CLASS}/copied.parquet",
                            store.root.read_bytes(shard))
     with pytest.raises(ModelMismatchError, match="holds vectors of freecp-tiny/random-seed0"):
-        store.ensure(vocab, other)
+        ensure_encoded(store, vocab, other)
 
 
 def test_missing_texts_are_a_clear_error(tmp_path, tiny):
     vocab = load_vocabulary(VOCAB_B)
     store = EmbeddingStore(str(tmp_path))
     with pytest.raises(MissingEmbeddingsError, match=f"freecp encode inline --store {tmp_path}"):
-        store.load(vocab, tiny)
-    store.ensure(vocab, tiny)
+        load_embeddings(store, vocab, tiny)
+    ensure_encoded(store, vocab, tiny)
     for shard in _shards(store, tiny.model_key, CLASS):
         store.root.delete(shard)
     with pytest.raises(MissingEmbeddingsError, match="2 vectors .* are missing"):
-        store.load(vocab, tiny)
-    assert store.ensure(vocab, tiny).classes_encoded == 2  # and it repairs itself
-    assert store.load(vocab, tiny).queries.shape == (2, tiny.embed_dim)
+        load_embeddings(store, vocab, tiny)
+    assert ensure_encoded(store, vocab, tiny).classes_encoded == 2  # and it repairs itself
+    assert load_embeddings(store, vocab, tiny).queries.shape == (2, tiny.embed_dim)
 
 
 def test_a_store_left_by_a_killed_writer_reads_cleanly_and_resumes(tmp_path, tiny, fresh):
@@ -236,12 +238,12 @@ def test_a_store_left_by_a_killed_writer_reads_cleanly_and_resumes(tmp_path, tin
 
     vocab = load_vocabulary(names)
     with pytest.raises(MissingEmbeddingsError):
-        store.load(vocab, tiny)
+        load_embeddings(store, vocab, tiny)
     assert store.inspect(vocab, key).classes[0].queries_present == 1
     assert [m.rows[CLASS] for m in store.list_models()] == [2]
-    resumed = store.ensure(vocab, tiny)
+    resumed = ensure_encoded(store, vocab, tiny)
     assert (resumed.classes_encoded, resumed.classes_reused) == (3, 2)
-    _assert_same(store.load(vocab, tiny), fresh(vocab))
+    _assert_same(load_embeddings(store, vocab, tiny), fresh(vocab))
 
 
 def test_two_processes_writing_overlapping_vocabularies_lose_nothing(store_url, tmp_path, tiny, fresh):
@@ -267,19 +269,19 @@ def test_two_processes_writing_overlapping_vocabularies_lose_nothing(store_url, 
     store = EmbeddingStore(store_url)
     for spec in (first, second):
         vocab = load_vocabulary(spec["classes"])
-        _assert_same(store.load(vocab, tiny), fresh(vocab, spec["descriptions"]))
+        _assert_same(load_embeddings(store, vocab, tiny), fresh(vocab, spec["descriptions"]))
     (model,) = store.list_models()
     assert model.rows == {CLASS: 4, DESCRIPTION: 3, DESCRIPTION_MEAN: 3} and model.vocabularies == 2
     for spec in (first, second):
-        again = store.ensure(load_vocabulary(spec["classes"]), tiny, spec["descriptions"])
+        again = ensure_encoded(store, load_vocabulary(spec["classes"]), tiny, spec["descriptions"])
         assert again.encoded == 0
 
 
 def test_compaction_merges_shards_and_keeps_every_row(tmp_path, tiny, fresh):
-    store = EmbeddingStore(str(tmp_path), flush_seconds=0, batch_size=80)
+    store = EmbeddingStore(str(tmp_path), flush_seconds=0)
     vocab_a, vocab_b = load_vocabulary(VOCAB_A), load_vocabulary(VOCAB_B)
-    store.ensure(vocab_a, tiny, DESCRIPTIONS_A)
-    store.ensure(vocab_b, tiny)
+    ensure_encoded(store, vocab_a, tiny, DESCRIPTIONS_A, batch_size=80)
+    ensure_encoded(store, vocab_b, tiny, batch_size=80)
     rows_before = store.list_models()[0].rows
     assert len(_shards(store, tiny.model_key, CLASS)) == 5
 
@@ -287,9 +289,9 @@ def test_compaction_merges_shards_and_keeps_every_row(tmp_path, tiny, fresh):
     assert merged == {f"{tiny.model_key} {CLASS}": (5, 5)}
     assert len(_shards(store, tiny.model_key, CLASS)) == 1
     assert store.list_models()[0].rows == rows_before
-    _assert_same(store.load(vocab_a, tiny), fresh(vocab_a, DESCRIPTIONS_A))
-    _assert_same(store.load(vocab_b, tiny), fresh(vocab_b))
-    assert store.ensure(vocab_a, tiny, DESCRIPTIONS_A).encoded == 0
+    _assert_same(load_embeddings(store, vocab_a, tiny), fresh(vocab_a, DESCRIPTIONS_A))
+    _assert_same(load_embeddings(store, vocab_b, tiny), fresh(vocab_b))
+    assert ensure_encoded(store, vocab_a, tiny, DESCRIPTIONS_A).encoded == 0
 
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "ViT-B-16/openai", "ViT-B-16:openai", "/abs/olute"])

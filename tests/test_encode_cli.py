@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from freecp.cli import app
 from freecp.clip import embed_vocabulary, load_backbone
+from freecp.encoding import load_embeddings
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
@@ -60,7 +61,7 @@ def test_encode_then_reuse_then_ls_and_inspect(tmp_path, vocab_file, description
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = load_backbone("freecp-tiny", pretrained=None)
-    stored = EmbeddingStore(str(store)).load(vocab, backbone)
+    stored = load_embeddings(EmbeddingStore(str(store)), vocab, backbone)
     want = embed_vocabulary(backbone, vocab, DESCRIPTIONS)
     assert torch.allclose(stored.queries, want.queries, atol=1e-6, rtol=0)
     assert torch.allclose(stored.descriptions, want.descriptions, atol=1e-6, rtol=0)

@@ -18,11 +18,12 @@ from prefect.exceptions import FailedRun
 from prefect.states import Failed
 
 from freecp.flows import segmenters
-from freecp.flows.report import most_common, segment_summary_markdown, segment_table, summary_markdown
+from freecp.flows.report import segment_summary_markdown, segment_table, summary_markdown
 from freecp.flows.retry import transient_failure
 from freecp.flows.segment import PARTLY_FAILED, segment_images
 from freecp.flows.vocabulary import encode_vocabulary
 from freecp.describe.run import DescribeSummary
+from freecp.run_report import most_common, run_totals
 from freecp.stores.descriptions import DescriptionCacheError
 from freecp.stores.embeddings import ModelMismatchError
 from freecp.stores.fs import StoreError
@@ -128,7 +129,10 @@ def test_report_counts_classes_per_image_and_lists_failures_first() -> None:
     ]
     assert most_common(records[:2], "classes_present") == [("cat", 2), ("person", 1)]
     assert most_common(records[:2], "removed_classes") == [("dog", 2), ("sofa", 1)]
-    markdown = segment_summary_markdown(records, "/data/in", "/data/out/records.parquet")
+    totals = run_totals(records)
+    assert totals.counts == {"done": 2, "skipped": 1, "failed": 1, "claimed": 0}
+    assert totals.failures == [("d.jpg", "not an image | truncated")]
+    markdown = segment_summary_markdown(totals, "/data/in", "/data/out/records.parquet")
     assert "| 4 | 2 | 1 | 1 | 3.00 |" in markdown  # seconds per image over the images done
     assert "- `d.jpg`: not an image \\| truncated" in markdown  # a pipe cannot break the table
     assert [r["path"] for r in segment_table(records)] == ["d.jpg", "a.jpg", "b.jpg"]  # skipped left out

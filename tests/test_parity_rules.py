@@ -20,6 +20,7 @@ from freecp.purify import AmbiguityGroup, group_boxes, resolve_groups
 from freecp.refine import refine
 from freecp.segmenter import CLIP_MEAN, CLIP_STD, Segmenter
 from freecp.settings import SegmentSettings
+from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.trace import SegmentTrace
@@ -121,9 +122,9 @@ def test_imported_repeats_are_kept_and_weigh_in_the_description_mean(tmp_path: P
     assert texts["cat"] == ["pointed ears", "whiskers", "pointed ears"]
 
     store = EmbeddingStore(str(tmp_path / "embeddings"))
-    summary = store.ensure(vocab, tiny_backbone, texts)
+    summary = ensure_encoded(store, vocab, tiny_backbone, texts)
     assert summary.descriptions_encoded == 3  # each distinct text is encoded once
-    loaded = store.load(vocab, tiny_backbone)
+    loaded = load_embeddings(store, vocab, tiny_backbone)
     ears, whiskers = tiny_backbone.encode_texts(["pointed ears", "whiskers"])
     weighted = torch.nn.functional.normalize(2 * ears + whiskers, dim=-1)
     assert torch.allclose(loaded.descriptions[1], weighted, atol=1e-6)

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from freecp.cli import app
+from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.stores.descriptions import SHARD_DIR, DescriptionCache
 from freecp.stores.embeddings import CLASS, MODELS_DIR, EmbeddingStore, model_dir
 from freecp.vocab import load_vocabulary
@@ -35,15 +36,15 @@ def test_bad_files_are_skipped_by_readers_and_quarantined_by_store_check(tmp_pat
     url = str(tmp_path / "store")
     store = EmbeddingStore(url)
     with one_torch_thread():
-        store.ensure(VOCAB, tiny_backbone)
-    good = store.load(VOCAB, tiny_backbone)
+        ensure_encoded(store, VOCAB, tiny_backbone)
+    good = load_embeddings(store, VOCAB, tiny_backbone)
     junk = _junk(tmp_path / "store" / MODELS_DIR / model_dir(tiny_backbone.model_key) / CLASS)
     cache = DescriptionCache(url)
     cache.append([entry("k1", "cat", ["Pointed ears"])])
     cache_junk = _junk(tmp_path / "store" / SHARD_DIR)
 
     again = EmbeddingStore(url)
-    assert torch.equal(again.load(VOCAB, tiny_backbone).queries, good.queries)
+    assert torch.equal(load_embeddings(again, VOCAB, tiny_backbone).queries, good.queries)
     assert [m.model_key for m in again.list_models()] == [tiny_backbone.model_key]
     assert [e.key for e in DescriptionCache(url).entries()] == ["k1"]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
@@ -60,7 +61,7 @@ def test_bad_files_are_skipped_by_readers_and_quarantined_by_store_check(tmp_pat
     assert quarantined == sorted(junk + cache_junk)
     clean = CliRunner().invoke(app, ["store", "check", url])
     assert clean.exit_code == 0 and "0 bad" in clean.output
-    assert torch.equal(EmbeddingStore(url).load(VOCAB, tiny_backbone).queries, good.queries)
+    assert torch.equal(load_embeddings(EmbeddingStore(url), VOCAB, tiny_backbone).queries, good.queries)
 
 
 def test_store_check_verifies_the_weights_request_records(tmp_path):

@@ -1,6 +1,6 @@
 """The prompt templates come from open_clip and hash as they always have, so no store is invalidated."""
 
-from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
+from freecp.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
 
 # The hash every existing embedding store was written with (freecp 0.1.0, hand-written list).
 STORED_TEMPLATE_SET_HASH = "4f976686fb651bb5"

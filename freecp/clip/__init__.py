@@ -1,7 +1,7 @@
 """CLIP backbones (open_clip) and text embeddings.
 
 Names are imported on first use (PEP 562), so the torch-free modules of this package
-(``keys``, ``errors``, ``templates``) can be used without loading torch and open_clip.
+(``keys``, ``errors``) can be used without loading torch and open_clip.
 """
 
 from importlib import import_module

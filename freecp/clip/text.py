@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from freecp.clip.templates import IMAGENET_TEMPLATES
+from freecp.templates import IMAGENET_TEMPLATES
 from freecp.vocab import Vocabulary
 
 

@@ -1,7 +1,8 @@
 """The embedding store: CLIP text vectors in Parquet, one dataset per model, shared across teams.
 
 Text encoding is the slow step on a CPU, so every (text, model) pair is encoded once, ever, and
-segment runs only read vectors. Layout below the store root (a local directory or
+segment runs only read vectors. The store persists texts and vectors (pyarrow, numpy) and says
+what is missing; the model that fills the gaps is driven from above (``freecp.encoding``). Layout below the store root (a local directory or
 ``s3://bucket/prefix``, always through ``freecp.stores.fs``)::
 
     models/<model-dir>/class/<shard>.parquet             one row per class name (80 templates averaged)
@@ -33,11 +34,10 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,16 +45,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import freecp
-from freecp.clip.templates import IMAGENET_TEMPLATES, TEMPLATE_SET_HASH
-from freecp.progress import ProgressCallback
+from freecp.templates import TEMPLATE_SET_HASH
 from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.stores.requests import decode_request, encode_request, request_path
 from freecp.vocab import Vocabulary
-
-if TYPE_CHECKING:  # torch is imported where vectors become tensors, so the up-to-date check runs without it
-    import torch
-
-    from freecp.clip.text import ClassEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +237,30 @@ class Manifest:
                    meta["model_key"], int(meta["dim"]), classes, meta.get("written_at", ""))
 
 
+@dataclass(frozen=True)
+class StoredVectors:
+    """A vocabulary's vectors as stored: one row per class name (vocabulary query order), and
+    per class its description average (zero rows where ``described`` is False; None: no class
+    has descriptions)."""
+
+    queries: np.ndarray
+    descriptions: np.ndarray | None
+    described: np.ndarray
+
+
+def unique_means(plans: list[ClassPlan]) -> list[ClassPlan]:
+    """One plan per distinct description list (several classes may share one average)."""
+    unique: dict[str, ClassPlan] = {}
+    for plan in plans:
+        unique.setdefault(plan.description_mean, plan)
+    return list(unique.values())
+
+
 # ------------------------------------------------------------------------------- the store
 @dataclass
-class _Work:
-    """What encoding a vocabulary needs: the store's manifest, the plans and the missing texts."""
+class EncodePlan:
+    """What encoding a vocabulary needs: the store's manifest, the plans and the missing texts
+    (``freecp.encoding`` encodes them; the store only compares and writes)."""
 
     vocab: Vocabulary
     key: str
@@ -302,48 +316,37 @@ class EmbeddingStore:
     so a killed run loses at most that much work.
     """
 
-    def __init__(self, url: str, *, flush_seconds: float = 60.0, batch_size: int = 256) -> None:
+    def __init__(self, url: str, *, flush_seconds: float = 60.0) -> None:
         self.root: StoreRoot = open_root(url)
         self.url = self.root.url
         self.flush_seconds = flush_seconds
-        self.batch_size = batch_size
 
-    # ------------------------------------------------------------------------ encoding
-    def ensure(self, vocab: Vocabulary, backbone, descriptions: dict[str, list[str]] | None = None,
-               on_progress: ProgressCallback | None = None) -> EncodeSummary:
-        """Encode what ``vocab`` needs and the store lacks, then write the vocabulary manifest.
+    # ------------------------------------------------------------------------ writing
+    def plan(self, vocab: Vocabulary, key: str, dim: int,
+             descriptions: dict[str, list[str]] | None = None) -> EncodePlan:
+        """What ``vocab`` needs for model ``key`` that the store lacks.
 
         ``descriptions`` maps a class name to its description texts (only foreground classes
         use them). A class it does not name keeps the descriptions the store already records
         for this vocabulary, so a run without descriptions never erases earlier ones.
-        ``on_progress(what, done, total)`` is called after each encoded chunk (a command draws
-        the bar; the store knows nothing of terminals).
         """
-        from freecp.clip.text import encode_class_names
+        return self._work(vocab, key, dim, descriptions)
 
-        started = time.monotonic()
-        key, dim = backbone.model_key, int(backbone.embed_dim)
-        work = self._work(vocab, key, dim, descriptions)
-        writer = _ShardWriter(self, work.folder, key, dim)
-        fresh_descriptions: dict[str, np.ndarray] = {}
-        names_per_call = max(1, round(self.batch_size / len(IMAGENET_TEMPLATES)))
-        for hashes, texts in _chunks("class names", work.new_classes, names_per_call, on_progress):
-            vectors = encode_class_names(backbone, texts, batch_size=self.batch_size)
-            writer.add(CLASS, hashes, texts, _numpy(vectors))
-        for hashes, texts in _chunks("descriptions", work.new_descriptions, self.batch_size, on_progress):
-            vectors = _numpy(backbone.encode_texts(texts, batch_size=self.batch_size))
-            writer.add(DESCRIPTION, hashes, texts, vectors)
-            fresh_descriptions.update(zip(hashes, vectors))
-        if work.new_means:
-            writer.add_means(work.new_means, self._description_vectors(
-                work.folder, key, dim, work.new_means, fresh_descriptions))
-        writer.flush()
+    def writer(self, plan: EncodePlan, dim: int) -> ShardWriter:
+        """Where the encoder puts the vectors of ``plan``'s missing texts (shards, flushed as it goes)."""
+        return ShardWriter(self, plan.folder, plan.key, dim)
 
-        manifest = work.manifest(dim)
-        write_manifest = not manifest.same_content(work.recorded)
+    def stored_descriptions(self, plan: EncodePlan, dim: int, fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Vectors of every description ``plan``'s new averages need: ``fresh`` ones, then the store's."""
+        return self._description_vectors(plan.folder, plan.key, dim, plan.new_means, fresh)
+
+    def finish(self, plan: EncodePlan, dim: int, started: float) -> EncodeSummary:
+        """Write the vocabulary manifest (last, once every row it names is written) when it changed."""
+        manifest = plan.manifest(dim)
+        write_manifest = not manifest.same_content(plan.recorded)
         if write_manifest:
-            self.root.write_bytes(_manifest_path(work.folder, vocab.content_hash), manifest.to_parquet())
-        summary = work.summary(self.url, write_manifest, time.monotonic() - started)
+            self.root.write_bytes(_manifest_path(plan.folder, plan.vocab.content_hash), manifest.to_parquet())
+        summary = plan.summary(self.url, write_manifest, time.monotonic() - started)
         log.info("%s", summary.line())
         return summary
 
@@ -379,7 +382,7 @@ class EmbeddingStore:
         return summary
 
     def _work(self, vocab: Vocabulary, key: str, dim: int | None,
-              descriptions: dict[str, list[str]] | None) -> _Work:
+              descriptions: dict[str, list[str]] | None) -> EncodePlan:
         """Compare what ``vocab`` (with ``descriptions``) needs with what the store holds."""
         folder = posixpath.join(MODELS_DIR, model_dir(key))
         recorded = self._read_manifest(folder, vocab, key, dim)
@@ -387,7 +390,7 @@ class EmbeddingStore:
                              .column("text_hash").to_pylist()) for kind in KINDS}
         plans, description_texts = _plan(vocab, descriptions, recorded)
         class_texts = _unique_texts(vocab.queries, CLASS)
-        return _Work(
+        return EncodePlan(
             vocab=vocab, key=key, folder=folder, recorded=recorded, plans=plans, class_texts=class_texts,
             new_classes={h: t for h, t in class_texts.items() if h not in present[CLASS]},
             new_descriptions={h: t for h, t in description_texts.items() if h not in present[DESCRIPTION]},
@@ -410,16 +413,8 @@ class EmbeddingStore:
         return vectors
 
     # ------------------------------------------------------------------------- reading
-    def load(self, vocab: Vocabulary, backbone_or_model_key) -> ClassEmbeddings:
-        """The vocabulary's query and description matrices, read from the store (no encoding)."""
-        import torch
-
-        from freecp.clip.text import ClassEmbeddings
-
-        if isinstance(backbone_or_model_key, str):
-            key, dim = backbone_or_model_key, None
-        else:
-            key, dim = backbone_or_model_key.model_key, int(backbone_or_model_key.embed_dim)
+    def load_vectors(self, vocab: Vocabulary, key: str, dim: int | None = None) -> StoredVectors:
+        """The vocabulary's query vectors and per-class description averages (no encoding)."""
         folder = posixpath.join(MODELS_DIR, model_dir(key))
         manifest = self._read_manifest(folder, vocab, key, dim, with_descriptions=False)
         if manifest is None:
@@ -446,19 +441,14 @@ class EmbeddingStore:
             raise MissingEmbeddingsError(
                 f"{self.url}: {len(lost)} vectors of vocabulary {vocab.name!r} for {key} are missing "
                 f"(shards deleted?); run `freecp encode {vocab.name} --store {self.url}` to restore them")
+        mask = np.zeros(len(manifest.classes), dtype=bool)
+        mask[described] = True
         descriptions = None
         if described:
-            descriptions = torch.zeros(len(manifest.classes), dim)  # zero rows: no descriptions
-            descriptions[described] = torch.from_numpy(mean_matrix[[mean_rows[h] for h in mean_hashes]])
-        mask = torch.zeros(len(manifest.classes), dtype=torch.bool)
-        mask[described] = True
-        return ClassEmbeddings(
-            queries=torch.from_numpy(query_matrix[[query_rows[h] for h in query_hashes]]),
-            query_class=torch.tensor(vocab.query_class, dtype=torch.long),
-            descriptions=descriptions,
-            described=mask,
-            source="store",
-        )
+            descriptions = np.zeros((len(manifest.classes), dim), np.float32)  # zero rows: no descriptions
+            descriptions[described] = mean_matrix[[mean_rows[h] for h in mean_hashes]]
+        return StoredVectors(queries=query_matrix[[query_rows[h] for h in query_hashes]],
+                             descriptions=descriptions, described=mask)
 
     def _read_manifest(self, folder: str, vocab: Vocabulary, key: str, dim: int | None,
                        with_descriptions: bool = True) -> Manifest | None:
@@ -625,7 +615,7 @@ class EmbeddingStore:
                     continue
                 table = self._read_rows(folder, kind, key, dim).sort_by("text_hash")
                 vectors = table.column("vector").combine_chunks().values.to_numpy().reshape(-1, dim)
-                _ShardWriter(self, folder, key, dim).write(
+                ShardWriter(self, folder, key, dim).write(
                     kind, table.column("text_hash").to_pylist(), table.column("text").to_pylist(), vectors)
                 for path in paths:
                     try:
@@ -637,7 +627,7 @@ class EmbeddingStore:
 
 
 # ----------------------------------------------------------------------------- the writer
-class _ShardWriter:
+class ShardWriter:
     """Collects encoded rows and writes them as immutable shards, at least every flush_seconds."""
 
     def __init__(self, store: EmbeddingStore, folder: str, key: str, dim: int) -> None:
@@ -650,19 +640,11 @@ class _ShardWriter:
         if time.monotonic() - self.last_flush >= self.store.flush_seconds:
             self.flush()
 
-    def add_means(self, plans: list[ClassPlan], vectors: dict[str, np.ndarray]) -> None:
-        """One averaged row per distinct description list (its text is the first class's name)."""
-        import torch
-
-        from freecp.clip.text import average_embeddings
-
-        unique: dict[str, ClassPlan] = {}
-        for plan in plans:
-            unique.setdefault(plan.description_mean, plan)
-        means = [average_embeddings(torch.from_numpy(np.stack([vectors[h] for h in p.description_hashes])))
-                 for p in unique.values()]
-        self.add(DESCRIPTION_MEAN, list(unique), [p.names[0] for p in unique.values()],
-                 _numpy(torch.stack(means)))
+    def add_means(self, plans: list[ClassPlan], means: list[np.ndarray]) -> None:
+        """One averaged row per distinct description list (``unique_means``; its text is the first
+        class's name)."""
+        self.add(DESCRIPTION_MEAN, [p.description_mean for p in plans], [p.names[0] for p in plans],
+                 np.stack(means))
 
     def flush(self) -> None:
         for kind, pending in self.pending.items():
@@ -715,10 +697,6 @@ def _unique_texts(texts: list[str], kind: str) -> dict[str, str]:
     return {text_hash(t, kind): t for t in texts}
 
 
-def _numpy(vectors: torch.Tensor) -> np.ndarray:
-    return vectors.detach().float().cpu().contiguous().numpy()
-
-
 def _manifest_path(folder: str, content_hash: str) -> str:
     if not re.fullmatch(r"[0-9a-f]+", content_hash):
         raise EmbeddingStoreError(f"invalid vocabulary hash {content_hash!r}")
@@ -763,16 +741,3 @@ def _indexed(table: pa.Table, dim: int) -> tuple[dict[str, int], np.ndarray]:
         return {}, np.zeros((0, dim), np.float32)
     matrix = table.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
     return {h: row for row, h in enumerate(table.column("text_hash").to_pylist())}, matrix
-
-
-# --------------------------------------------------------------------------------- progress
-def _chunks(label: str, texts: dict[str, str], size: int,
-            on_progress: ProgressCallback | None) -> Iterator[tuple[list[str], list[str]]]:
-    """The texts to encode in chunks of ``size`` (hashes, texts), reporting each one done."""
-    items = list(texts.items())
-    for start in range(0, len(items), size):
-        chunk = items[start:start + size]
-        yield [h for h, _ in chunk], [t for _, t in chunk]
-        if on_progress is not None:
-            on_progress(f"encoding {label}", start + len(chunk), len(items))
-
