@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from freecp.backbones import TextEncoder
 from freecp.clip.keys import weights_request
 from freecp.jobs import ClipModel, EncodeJob
 from freecp.progress import ProgressCallback
@@ -67,7 +68,7 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model:
     return summary
 
 
-def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone,
+def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncoder,
                    descriptions: dict[str, list[str]] | None = None, on_progress: ProgressCallback | None = None,
                    batch_size: int = EncodeJob.batch_size) -> EncodeSummary:
     """Encode what ``vocab`` needs and ``store`` lacks with ``backbone``, then write the manifest.
@@ -99,7 +100,8 @@ def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone,
     return store.finish(plan, dim, started)
 
 
-def load_embeddings(store: EmbeddingStore, vocab: Vocabulary, backbone_or_model_key) -> ClassEmbeddings:
+def load_embeddings(store: EmbeddingStore, vocab: Vocabulary,
+                    backbone_or_model_key: TextEncoder | str) -> ClassEmbeddings:
     """The vocabulary's query and description matrices from ``store``, as the segmenter's tensors
     (no encoding); a model key alone skips the dimension check."""
     import torch

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from freecp.backbones import Backbone
 from freecp.cam import class_maps, global_minmax, query_softmax
 from freecp.clip.text import ClassEmbeddings
 from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
@@ -108,7 +109,7 @@ class _ModelCall:
 class Segmenter:
     """Dense CLIP segmentation with FreeCP purification. Build once; segment many images."""
 
-    def __init__(self, backbone, vocab: Vocabulary, embeddings: ClassEmbeddings,
+    def __init__(self, backbone: Backbone, vocab: Vocabulary, embeddings: ClassEmbeddings,
                  settings: SegmentSettings | None = None) -> None:
         self.backbone = backbone
         self.vocab = vocab

@@ -1,0 +1,76 @@
+"""One job spec per entry point: every ``freecp`` option has its flow parameter, with the same
+default, and back. Both sides are read from the real things (the Typer commands' click
+parameters, the flows' Prefect parameter schemas), not from the specs, so a parameter written
+by hand on one side only, or a default that drifted, fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer.main
+from prefect.utilities.callables import parameter_schema
+
+from freecp.cli import app
+from freecp.flatten import build_job, flat_values
+from freecp.flows.segment import segment_images
+from freecp.flows.vocabulary import build_vocabulary, describe_vocabulary, encode_vocabulary
+from freecp.jobs import DescribeJob, FolderJob
+
+# What exists on one side only, and why.
+FLOW_ONLY = {"threads", "dask_address"}   # how a flow run fans out (thread pool or Dask cluster)
+CLI_ONLY = {
+    "progress",  # a progress bar: the flows log instead
+    # describe's other modes (show, review, offline batches, maintenance) are commands, not jobs
+    "show", "export_batch_to", "import_batch_from", "export_json", "import_json", "compact",
+}
+
+
+def _cli(name: str) -> dict[str, object]:
+    """The command's parameters by name, with their defaults (required ones as ``...``)."""
+    command = typer.main.get_command(app).commands[name]
+    return {p.name: (... if p.required else _plain(p.default)) for p in command.params if p.name not in CLI_ONLY}
+
+
+def _flow(flow) -> dict[str, object]:
+    schema = parameter_schema(flow)
+    return {name: (... if name in schema.required else spec.get("default"))
+            for name, spec in schema.properties.items() if name not in FLOW_ONLY}
+
+
+def _plain(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+@pytest.mark.parametrize(("command", "flow"), [
+    ("segment", segment_images), ("encode", encode_vocabulary), ("describe", describe_vocabulary),
+])
+def test_every_cli_option_is_a_flow_parameter_with_the_same_default_and_back(command: str, flow) -> None:
+    cli, flow_parameters = _cli(command), _flow(flow)
+    assert set(cli) == set(flow_parameters)
+    differing = {name: (cli[name], flow_parameters[name]) for name in cli
+                 if cli[name] is not ... and flow_parameters[name] is not ... and cli[name] != flow_parameters[name]}
+    assert not differing
+    if command == "segment":  # the options the flow once dropped are there
+        assert {"quick_gelu", "box_rule", "batch_images", "prefetch"} <= set(flow_parameters)
+
+
+def test_build_vocabulary_takes_describe_and_encode_parameters_but_its_own_descriptions() -> None:
+    both = (_flow(describe_vocabulary).keys() | _flow(encode_vocabulary).keys()) - {"descriptions"}
+    assert set(_flow(build_vocabulary)) == both
+
+
+def test_a_job_round_trips_through_its_flat_parameters() -> None:
+    job = build_job(FolderJob, {"pretrained": "none", "rp_threshold": 0.3, "follow_symlinks": True})
+    assert (job.segment.clip.pretrained, job.segment.overrides.rp_threshold, job.follow_symlinks) == ("none", 0.3, True)
+    assert build_job(FolderJob, flat_values(job)) == job
+    assert build_job(DescribeJob, {}) == DescribeJob()
+
+
+def test_a_flow_validates_its_parameters_against_the_spec_bounds() -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError):
+        describe_vocabulary.validate_parameters({"vocab": "voc21", "per_class": 0})
+    assert segment_images.validate_parameters(
+        {"images": "in", "vocab": "voc21", "out": "out", "batch_images": "4"})["batch_images"] == 4
