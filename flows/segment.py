@@ -24,7 +24,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from freecp.flows.hints import prefect_wording
-from freecp.flows.logs import LIBRARY_LOG_HOOKS
+from freecp.flows.logs import LIBRARY_LOG_HOOKS, library_logs
 from freecp.flows.params import with_job_parameters_of
 from freecp.flows.report import publish_segment_report
 from freecp.flows.retry import transient_failure
@@ -107,7 +107,9 @@ def _batch_run_name() -> str:
 def segment_images_task(images: list[str], images_root: str, out: str, spec: SegmenterSpec) -> list[dict[str, Any]]:
     """A few images through the model together (``pipeline.segment_files``: same outputs as one
     by one; each image keeps its claim, its up-to-date check and its own failure record)."""
-    records = pipeline.segment_files(segmenter_for(spec), [Path(p) for p in images], Path(images_root), Path(out))
+    with library_logs():  # this task may run in a Dask worker, where the flow's routing is not
+        records = pipeline.segment_files(segmenter_for(spec), [Path(p) for p in images], Path(images_root),
+                                         Path(out))
     logger = get_run_logger()
     for record in records:
         if record.status == "failed":

@@ -22,6 +22,12 @@ def _executed(dask_worker) -> int:
     return dask_worker.state.executed_count
 
 
+def _send_logs() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30, at_exit=False)
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -44,6 +50,7 @@ def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path)
         torch_threads = client.run(_torch_threads)
         executed = client.run(_executed)
         pids = set(client.run(os.getpid).values())
+        client.run(_send_logs)  # the workers' log records, sent now rather than on their next tick
 
     assert state.is_completed(), state.message
     assert state.result() == {"done": 6, "skipped": 0, "failed": 0}
@@ -54,3 +61,22 @@ def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path)
     # two single-thread workers share this host's cores (thread policy, freecp.threads)
     assert torch_threads == {address: max(1, available_cores() // 2) for address in executed}
     assert len(list((out / "masks").iterdir())) == 6
+    # the library's own log lines from inside the workers reach the run too (flows/logs.py)
+    ready = [log for log in _subflow_logs(state.state_details.flow_run_id)
+             if log.name == "freecp.pipeline" and "segmenter ready" in log.message]
+    assert len(ready) == 2, ready  # one model built in each worker, each line routed from there
+
+
+def _subflow_logs(parent) -> list:
+    """Every log record the server holds for the subflow runs of ``parent``, after a flush."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
+                                                LogFilterFlowRunId)
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30, at_exit=False)
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+        ids = [run.id for run in children]
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
