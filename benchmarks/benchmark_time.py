@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from segment_speed import calibrated_rp_threshold, synthetic_image, text_embeddings
 
+from freecp.defaults import DEFAULT_CLIP_MODEL
 from freecp.clip import load_backbone
 from freecp.io import read_image, write_mask, write_overlay
 from freecp.published import BENCHMARK_ORDER
@@ -55,7 +56,7 @@ SPLITS = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name (random weights)")
+    parser.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="open_clip model name (random weights)")
     parser.add_argument("--images", type=int, default=1, help="timed images per dataset")
     parser.add_argument("--survivors", type=int, default=8, help="classes RP should let through")
     parser.add_argument("--gpu-speedup", type=float, default=200.0,

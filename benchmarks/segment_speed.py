@@ -50,6 +50,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from freecp.defaults import DEFAULT_CLIP_MODEL
 from freecp.clip import ClassEmbeddings, embed_vocabulary, load_backbone
 from freecp.io import read_image, write_mask, write_overlay
 from freecp.segmenter import Segmenter
@@ -91,7 +92,7 @@ class Measurement:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name")
+    parser.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="open_clip model name")
     parser.add_argument("--pretrained", default="none", help="pretrained tag; 'none' = random weights")
     parser.add_argument("--clip-checkpoint", default=None, help="local checkpoint file instead of a tag")
     parser.add_argument("--images", type=int, default=2, help="timed images per setting")

@@ -44,6 +44,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.segment_speed import synthetic_image  # noqa: E402
+from freecp.defaults import DEFAULT_CLIP_MODEL
 from freecp.io import read_image  # noqa: E402
 from freecp.pipeline import build_segmenter, segment_folder  # noqa: E402
 from freecp.segmenter import Segmenter  # noqa: E402
@@ -86,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--round", type=int, default=4, help="images per round (modes take turns per round)")
-    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--model", default=DEFAULT_CLIP_MODEL)
     parser.add_argument("--pretrained", default="none", help="pretrained tag; none = random weights")
     parser.add_argument("--vocab", default="voc21")
     parser.add_argument("--batch-images", type=int, default=4)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from freecp.flatten import JobField, with_job_parameters
+from freecp.flatten import JobField, job_fields, with_job_parameters
 
 
 def flow_parameter(f: JobField) -> inspect.Parameter:
@@ -26,5 +26,15 @@ def flow_parameter(f: JobField) -> inspect.Parameter:
 
 
 def with_job_parameters_of(exclude: Collection[str] = (), **specs: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give the decorated flow function every field of each spec as a parameter (apply before ``@flow``)."""
-    return with_job_parameters(specs, flow_parameter, exclude)
+    """Give the decorated flow function every field of each spec as a parameter (apply before
+    ``@flow``). The fields' help becomes an ``Args:`` section of the docstring, which Prefect
+    shows beside each parameter of the run form."""
+    flatten = with_job_parameters(specs, flow_parameter, exclude)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        flat = flatten(fn)
+        described = [f"    {f.name}: {f.help}" for spec in specs.values() for f in job_fields(spec, exclude)]
+        flat.__doc__ = "\n".join([inspect.cleandoc(fn.__doc__ or ""), "", "Args:", *described])
+        return flat
+
+    return decorate

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from freecp.clip.activation import (Activation, AmbiguousActivationError, architecture_name, checkpoint_activation, config_quick_gelu,
                                     is_torchscript_archive, load_state_dict, tag_activation)
 from freecp.clip.errors import WeightsUnavailableError
+from freecp.defaults import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED
 from freecp.clip.keys import file_hash
 from freecp.weights import is_random
 from freecp.resources import MODEL_CONFIGS, shipped
@@ -297,7 +298,7 @@ def _neighbourhood_bias(grid_h: int, grid_w: int, std: float) -> torch.Tensor:
     return bias
 
 
-def load_backbone(model_name: str = "ViT-B-16", pretrained: str | None = "openai",
+def load_backbone(model_name: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                   checkpoint: str | Path | None = None, device: str = "cpu",
                   variant: str = "sclip", protocol: str = "freecp", seed: int = 0,
                   quick_gelu: bool | None = None) -> ClipBackbone:
