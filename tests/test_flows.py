@@ -78,6 +78,39 @@ def test_segment_images_completes_and_changed_settings_redo_the_work(prefect_api
     assert segment_images(**common, rp_threshold=0.5).result() == {"done": 1, "skipped": 0, "failed": 0}
 
 
+def test_batch_images_share_a_task_with_the_same_outputs_and_per_image_records(prefect_api: str,
+                                                                               tmp_path: Path) -> None:
+    images, store = tmp_path / "images", str(tmp_path / "store")
+    copy_samples(images)
+    (images / "broken.jpg").write_bytes(b"this is not a JPEG")
+    common = dict(images=str(images), vocab=VOCAB, store=store, return_state=True, **TINY)
+
+    batched = segment_images(out=str(tmp_path / "batched"), batch_images=3, **common)
+    single = segment_images(out=str(tmp_path / "single"), **common)
+
+    assert batched.name == single.name == PARTLY_FAILED and "3 done, 0 skipped, 1 failed" in batched.message
+    assert sorted(_task_run_names(batched.state_details.flow_run_id)) == [
+        "segment astronaut.jpg and 2 more", "segment coffee.jpg"]  # 4 images, 3 per task
+    for mask in (tmp_path / "single" / "masks").iterdir():
+        assert (tmp_path / "batched" / "masks" / mask.name).read_bytes() == mask.read_bytes()
+    rows = {r["path"]: r["status"] for r in pq.read_table(tmp_path / "batched" / "records.parquet").to_pylist()}
+    assert rows == {"astronaut.jpg": "done", "broken.jpg": "failed", "cat.jpg": "done", "coffee.jpg": "done"}
+
+
+def _task_run_names(flow_run_id) -> list[str]:
+    """The names of the segment tasks of a flow run's subflows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, \
+        TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="segment ")),
+                                     flow_run_filter=FlowRunFilter(id={"any_": [c.id for c in children]}))
+    return [run.name for run in runs]
+
+
 @pytest.mark.parametrize(("bad", "reason"), [
     ({"vocab": "no/such/vocabulary.txt"}, "neither a shipped name"),
     ({"images": "no/such/folder"}, "neither an image file nor a folder"),

@@ -74,3 +74,13 @@ def test_a_flow_validates_its_parameters_against_the_spec_bounds() -> None:
         describe_vocabulary.validate_parameters({"vocab": "voc21", "per_class": 0})
     assert segment_images.validate_parameters(
         {"images": "in", "vocab": "voc21", "out": "out", "batch_images": "4"})["batch_images"] == 4
+
+
+def test_the_offline_hint_names_real_flow_parameters() -> None:
+    import re
+
+    from freecp.clip.errors import PREFECT_PARAMETER_NAMES
+
+    named = {re.fullmatch(r"--param (\w+)=\S+", hint).group(1) for hint in PREFECT_PARAMETER_NAMES.values()}
+    for flow in (segment_images, encode_vocabulary, build_vocabulary):
+        assert named <= set(parameter_schema(flow).properties)
