@@ -1,7 +1,7 @@
 """Claims: several runs (or hosts) serving one output folder share its images instead of each doing all.
 
-Before segmenting an image a run creates its claim file exclusively (``O_CREAT | O_EXCL``: the
-filesystem lets exactly one run win); the others pass the image by. The claim names its owner
+Before segmenting an image a run creates its claim file exclusively (a hard link to a file
+holding its owner: the filesystem lets exactly one run win); the others pass the image by. The claim names its owner
 (host and process id) and is removed once the image's record is written. A claim whose owner is
 gone is stale and is taken over: on the same host when that process no longer runs, from
 another host after ``STALE_SECONDS``.
@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from freecp.files import temp_name
 
 STALE_SECONDS = 3600.0  # a claim from another host older than this is taken over
 
@@ -37,13 +39,18 @@ def _owner() -> dict:
 
 
 def _try_create(path: Path) -> bool:
+    """Create the claim with its owner already in it: the owner is written to a temporary file
+    that is then hard-linked to the claim's name (exclusive, like ``O_EXCL``). A claim is never
+    seen empty, so a contender cannot mistake one being written for a dead writer's and take it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(temp_name())
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        temp.write_text(json.dumps(_owner()))
+        os.link(temp, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as out:
-        json.dump(_owner(), out)
+    finally:
+        temp.unlink(missing_ok=True)
     return True
 
 
