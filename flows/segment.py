@@ -138,7 +138,7 @@ def write_index(out: str, records: list[dict[str, Any]]) -> str:
 
 
 @flow(name="segment-images", **LIBRARY_LOG_HOOKS)
-@with_job_parameters_of(job=FolderJob)
+@with_job_parameters_of(exclude={"workers"}, job=FolderJob)  # the flow's threads or Dask workers play that part
 def segment_images(images: str, vocab: VocabSource, out: str, *, job: FolderJob, threads: int = 2,
                    dask_address: str | None = None) -> State:
     """Segment the images under ``images`` that have no up-to-date outputs in ``out``.

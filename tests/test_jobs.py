@@ -21,6 +21,7 @@ from freecp.jobs import DescribeJob, FolderJob
 FLOW_ONLY = {"threads", "dask_address"}   # how a flow run fans out (thread pool or Dask cluster)
 CLI_ONLY = {
     "progress",  # a progress bar: the flows log instead
+    "workers",   # model calls at once in one folder run: a flow's `threads` (or Dask workers) do that
     # describe's other modes (show, review, offline batches, maintenance) are commands, not jobs
     "show", "export_batch_to", "import_batch_from", "export_json", "import_json", "compact",
 }
