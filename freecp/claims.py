@@ -9,6 +9,7 @@ another host after ``STALE_SECONDS``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 from freecp.files import temp_name
 
 STALE_SECONDS = 3600.0  # a claim from another host older than this is taken over
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # what link() says where it cannot
 
 
 @contextmanager
@@ -43,14 +45,31 @@ def _try_create(path: Path) -> bool:
     that is then hard-linked to the claim's name (exclusive, like ``O_EXCL``). A claim is never
     seen empty, so a contender cannot mistake one being written for a dead writer's and take it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    owner = json.dumps(_owner())
     temp = path.with_name(temp_name())
     try:
-        temp.write_text(json.dumps(_owner()))
-        os.link(temp, path)
-    except FileExistsError:
-        return False
+        temp.write_text(owner)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+            return _create_then_write(path, owner)
     finally:
         temp.unlink(missing_ok=True)
+    return True
+
+
+def _create_then_write(path: Path, owner: str) -> bool:
+    """``O_EXCL`` creation where hard links do not exist (the claim is briefly empty there)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as out:
+        out.write(owner)
     return True
 
 

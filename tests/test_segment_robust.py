@@ -274,3 +274,26 @@ def test_a_simulated_full_disk_stops_the_run_and_keeps_the_index(tmp_path, monke
     assert [r.path for r in stopped.value.summary.records] == ["a.png"]
     assert list(_index(out)) == ["a.png"]
     assert not (out / "masks" / "b.png.png").exists() and not (out / ".records" / "b.png.json").exists()
+
+
+def test_claims_hold_their_owner_with_or_without_hard_links(tmp_path, monkeypatch):
+    """A claim names its owner from the moment it exists; on a filesystem without hard links (faked
+    here by making ``os.link`` refuse, as such a filesystem's ``link()`` does) it is created
+    exclusively and then written, and a second claimant still loses."""
+    import errno
+    import json
+
+    from freecp.claims import claim
+
+    for refuse_links in (False, True):
+        if refuse_links:
+            def no_links(*_):
+                raise OSError(errno.EPERM, "Operation not permitted")
+            monkeypatch.setattr("os.link", no_links)
+        target = tmp_path / str(refuse_links) / "a.jpg.claim"
+        with claim(target) as mine:
+            assert mine and json.loads(target.read_text())["pid"] == os.getpid()
+            with claim(target) as theirs:
+                assert not theirs
+            assert not [p for p in target.parent.iterdir() if p != target]  # no temporary file left
+        assert not target.exists()
