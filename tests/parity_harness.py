@@ -33,7 +33,7 @@ from PIL import Image
 
 from freecp.clip import ClassEmbeddings, ClipBackbone, DenseOutput, embed_vocabulary, load_backbone
 from freecp.clip import model as model_module
-from freecp.clip import templates as templates_module
+from freecp import templates as templates_module
 from freecp.clip import text as text_module
 from freecp.clip.text import average_embeddings, encode_class_names
 from freecp.io import read_image
@@ -132,8 +132,8 @@ def parity_embeddings(backbone: ClipBackbone, vocab: Vocabulary) -> ClassEmbeddi
 
     Encoding its 4080 texts at the reference's full context takes minutes on a CI machine, so
     the result is cached under ``.ci-cache/parity/`` in a file named after the weights digest
-    and the source of the text side (``freecp/clip/model.py``, ``freecp/clip/text.py``, the
-    templates): a change there recomputes it. ``spot_check_texts`` re-encodes a few texts every
+    and the source of the text side (``freecp/clip/model.py``, ``freecp/clip/text.py``,
+    ``freecp/templates.py``): a change there recomputes it. ``spot_check_texts`` re-encodes a few texts every
     session besides.
     """
     sources = hashlib.sha256(WEIGHTS_DIGEST.encode())
