@@ -133,8 +133,8 @@ def parity_embeddings(backbone: ClipBackbone, vocab: Vocabulary) -> ClassEmbeddi
     Encoding its 4080 texts at the reference's full context takes minutes on a CI machine, so
     the result is cached under ``.ci-cache/parity/`` in a file named after the weights digest
     and the source of the text side (``freecp/clip/model.py``, ``freecp/clip/text.py``,
-    ``freecp/templates.py``): a change there recomputes it. ``spot_check_texts`` re-encodes a few texts every
-    session besides.
+    ``freecp/templates.py``): a change there recomputes it. ``spot_check_texts`` re-encodes
+    a few texts every session besides.
     """
     sources = hashlib.sha256(WEIGHTS_DIGEST.encode())
     for module in (model_module, text_module, templates_module):
