@@ -87,19 +87,36 @@ def box_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
     return out.clamp_max(1)
 
 
-def propagate(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
-    """transition @ (box mask * map) for all classes in one product: maps [B, K, h, w]
-    (global-min-max normalised), transition [B, N, N] -> [B, K, N], before any normalisation."""
+def propagate(maps: torch.Tensor, transition: torch.Tensor, threshold: float,
+              reference_order: bool = False) -> torch.Tensor:
+    """transition @ (box mask * map) per class: maps [B, K, h, w] (global-min-max normalised),
+    transition [B, N, N] -> [B, K, N], before any normalisation.
+
+    By default one matrix product serves all classes of a window. ``reference_order`` instead
+    takes one matrix-vector product per class, as the reference does: its float32 sums then
+    come out bit for bit (a product's summation order depends on its shapes), which decides
+    the refined maps that random weights leave nearly flat. Masking the map instead of the
+    transition's columns gives the same products (the mask is 0 or 1).
+    """
     batch, classes, h, w = maps.shape
     boxes = box_masks(maps.reshape(batch * classes, h, w), threshold).reshape(batch, classes, h * w)
     masked = boxes * maps.reshape(batch, classes, h * w)
-    return masked @ transition.transpose(-1, -2)  # [B, K, N]: sum_q T(p, q) * masked(q)
+    if not reference_order:
+        return masked @ transition.transpose(-1, -2)  # [B, K, N]: sum_q T(p, q) * masked(q)
+    # The reference's maps lie query-minor in memory ([N, Q]), so each map reaches the product as
+    # a column with stride Q, and a CPU matmul takes another kernel (and summation order) for
+    # that than for a contiguous column. One window at a time: broadcasting T over the classes
+    # of a window is a stride-0 view, across windows it would copy T once per class.
+    pixel_major = masked.transpose(1, 2).contiguous()  # [B, N, K]
+    columns = [torch.as_strided(p, (classes, h * w, 1), (1, classes, classes)) for p in pixel_major]
+    return torch.stack([torch.matmul(t, c)[..., 0] for t, c in zip(transition, columns)])
 
 
-def refine(maps: torch.Tensor, transition: torch.Tensor, threshold: float) -> torch.Tensor:
+def refine(maps: torch.Tensor, transition: torch.Tensor, threshold: float,
+           reference_order: bool = False) -> torch.Tensor:
     """Refined maps: ``propagate``, then per-class min-max as the reference,
     (x - min) / (max - min + 1e-8), so a nearly flat map stays below 1."""
-    refined = propagate(maps, transition, threshold)
+    refined = propagate(maps, transition, threshold, reference_order)
     low = refined.min(dim=-1, keepdim=True).values
     high = refined.max(dim=-1, keepdim=True).values
     return ((refined - low) / (high - low + REFINE_EPS)).reshape(maps.shape)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from freecp.backbones import Backbone
-from freecp.cam import class_maps, global_minmax, query_softmax
+from freecp.cam import class_maps, global_minmax, query_softmax, select_classes
 from freecp.clip.text import ClassEmbeddings
 from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
 from freecp.refine import affinity_transition, refine
@@ -190,10 +190,11 @@ class Segmenter:
                                                original, background_from_max=False)
             return Segmentation(labels, scores, None, dict(timer.seconds))
 
-        fg_cams = cams[:, self.foreground]
+        fg_cams = select_classes(cams, self.foreground)
         with timer("refine"):
             normalized = global_minmax(fg_cams, bounds_from=probs)  # bounds over ALL queries, as the reference
-            refined = refine(normalized, affinity_transition(attention), s.box_threshold)
+            refined = refine(normalized, affinity_transition(attention), s.box_threshold,
+                             reference_order=s.protocol == "freecp")
         with timer("rp"):
             rp_scores, keep = self._redundancy(fg_cams, refined)
             survivors = keep.any(dim=0)

@@ -107,7 +107,7 @@ def test_encode_texts_is_deterministic_normalised_and_batch_independent(tiny_bac
     assert not torch.allclose(first[0], first[1])
 
 
-def test_truncated_text_forward_equals_open_clips_full_context_forward(tiny_backbone):
+def test_text_forward_equals_open_clips_forward(tiny_backbone):
     texts = ["a photo of a cat.", "itap of a television monitor.", "x", "a very long text " * 30]
     with torch.inference_mode():
         full = torch.nn.functional.normalize(

@@ -116,22 +116,31 @@ class ClipBackbone:
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
 
     def _text_forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The text tower on tokens cut to the batch's longest text instead of the full context.
+        """The text tower as the reference runs it, so its float32 embeddings come out bit for bit.
 
-        Exact for OpenAI-style towers: the causal mask keeps padding after the end token from
-        influencing it, and the end token (the largest id) is what gets pooled. Prompts are far
-        shorter than the 77-token context, so this is several times faster. Other towers use
-        open_clip's own forward.
+        For OpenAI-style towers: the full 77-token context, sequence-first, each block's attention
+        through ``F.multi_head_attention_forward`` (the path of a sequence-first
+        ``nn.MultiheadAttention``, not the fused kernel a batch-first one takes at inference).
+        Cutting the context to the longest text would be about 2.5x faster and equal to float
+        precision, but not bit for bit: an attention softmax sums in an order its length sets.
+        Other towers use open_clip's own forward.
         """
         model = self.model
         if not (isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
                 and model.attn_mask is not None):
             return model.encode_text(tokens)
-        length = int(tokens.argmax(dim=-1).max()) + 1
-        tokens = tokens[:, :length]
         cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)
+        x = x.permute(1, 0, 2)  # [T, B, width]
+        mask = model.attn_mask.to(cast)
+        for block in model.transformer.resblocks:
+            y, attn = block.ln_1(x), block.attn
+            mixed = F.multi_head_attention_forward(
+                y, y, y, y.shape[-1], attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False,
+                0.0, attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False, attn_mask=mask)[0]
+            x = x + block.ls_1(mixed)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = model.ln_final(x.permute(1, 0, 2))
         pooled = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
         return model.text_projection(pooled) if isinstance(model.text_projection, torch.nn.Linear) \
             else pooled @ model.text_projection
@@ -160,12 +169,13 @@ class ClipBackbone:
     def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops [B, 3, S, S] (CLIP-normalised) to L2-normalised CLS embeddings [B, D] (plain path)."""
         x, _, _ = self._trunk(crops.to(self.device), dense=False)
-        x = self.model.visual.transformer.resblocks[-1](x)
-        cls = self.model.visual.ln_post(x[:, 0])
-        # One [1, width] @ proj per crop: a plain matmul over a few rows picks its CPU kernel by the
-        # row count, so a crop's embedding would depend on how many crops share the call.
-        projected = torch.bmm(cls[:, None], self.model.visual.proj.expand(len(cls), -1, -1))[:, 0]
-        return F.normalize(projected.float(), dim=-1).cpu()
+        last = self.model.visual.transformer.resblocks[-1]
+        x, _ = _block_with_attention(last, x, _split_heads(last, last.ln_1(x)))
+        # Every token is projected, as the reference does, and the CLS rows kept: a CPU matmul
+        # picks its kernel by the row count, and over all tokens of all crops (dozens of rows
+        # per crop) a row's result no longer depends on how many crops share the call.
+        tokens = self.model.visual.ln_post(x) @ self.model.visual.proj
+        return F.normalize(tokens[:, 0].float(), dim=-1).cpu()
 
     def _trunk(self, images: torch.Tensor, dense: bool
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -235,15 +245,15 @@ def self_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token
     input: the mean token norm of ``tokens`` (the block's normalised input) over sqrt(head_dim).
     """
     inverse_temperature = tokens.norm(dim=-1).mean(dim=-1)[:, None, None, None] * q.shape[-1] ** -0.5
-    total = torch.zeros_like(v)
-    for projection in (q, k, v):
+    assigned = []
+    for projection in (v, k, q):  # the reference's order: float sums depend on it
         z = projection
         for _ in range(iterations):
             z = F.normalize(z, dim=-1)
             z = (z @ z.transpose(-1, -2) * inverse_temperature).softmax(-1) @ z
         z = F.normalize(z, dim=-1)
-        total = total + (z @ z.transpose(-1, -2) * inverse_temperature).softmax(-1) @ v
-    return total / 3
+        assigned.append((z @ z.transpose(-1, -2) * inverse_temperature).softmax(-1) @ v)
+    return (assigned[0] + assigned[1] + assigned[2]) / 3
 
 
 def _split_heads(block, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

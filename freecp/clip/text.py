@@ -40,15 +40,17 @@ class ClassEmbeddings:
 
 
 def average_embeddings(vectors: torch.Tensor) -> torch.Tensor:
-    """Normalise each row, average, renormalise: the CLIP way to pool several texts into one."""
-    return F.normalize(F.normalize(vectors, dim=-1).mean(dim=0), dim=-1)
+    """Average unit vectors [n, D] (as ``encode_texts`` returns them) and renormalise: the CLIP
+    way to pool several texts into one, in the reference's order of operations (normalising the
+    rows once more would move some by a float32 step)."""
+    return F.normalize(vectors.mean(dim=0), dim=-1)
 
 
 def encode_class_names(backbone, names: list[str], batch_size: int = 256) -> torch.Tensor:
     """One embedding per name: all 80 templated prompts of all names go through one batched pass."""
     prompts = [template.format(name) for name in names for template in IMAGENET_TEMPLATES]
     encoded = backbone.encode_texts(prompts, batch_size=batch_size)
-    per_name = F.normalize(encoded, dim=-1).reshape(len(names), len(IMAGENET_TEMPLATES), -1).mean(dim=1)
+    per_name = encoded.reshape(len(names), len(IMAGENET_TEMPLATES), -1).mean(dim=1)
     return F.normalize(per_name, dim=-1)
 
 
@@ -59,17 +61,14 @@ def embed_vocabulary(backbone, vocab: Vocabulary,
     described = torch.zeros(len(vocab), dtype=torch.bool)
     desc_matrix = None
     if descriptions:
-        texts, owners = [], []
-        for k in vocab.foreground_indices:
-            for text in descriptions.get(vocab.classes[k].name, []):
-                texts.append(text)
-                owners.append(k)
-        if texts:
-            vectors = backbone.encode_texts(texts)
-            owner_index = torch.tensor(owners)
-            sums = torch.zeros(len(vocab), vectors.shape[1]).index_add_(0, owner_index, vectors)
-            desc_matrix = F.normalize(sums, dim=-1)
-            described[owner_index] = True
+        lists = {k: descriptions.get(vocab.classes[k].name, []) for k in vocab.foreground_indices}
+        lists = {k: texts for k, texts in lists.items() if texts}
+        if lists:
+            vectors = backbone.encode_texts([text for texts in lists.values() for text in texts])
+            desc_matrix = torch.zeros(len(vocab), vectors.shape[1])
+            for k, chunk in zip(lists, vectors.split([len(texts) for texts in lists.values()])):
+                desc_matrix[k] = average_embeddings(chunk)  # every text of the list, repeats included
+            described[list(lists)] = True
     return ClassEmbeddings(
         queries=queries,
         query_class=torch.tensor(vocab.query_class, dtype=torch.long),
