@@ -17,13 +17,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from freecp.stores.descriptions import SCHEMA
+from freecp.stores.descriptions import SCHEMA, SHARD_DIR
+from freecp.stores.embeddings import MANIFEST_META_KEY, META_KEY, MODELS_DIR
 from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, open_root
 from freecp.stores.requests import REQUESTS_DIR, decode_request, request_path
-
-EMBEDDINGS_DIR = "models"  # freecp.stores.embeddings.MODELS_DIR (that module needs torch)
-EMBEDDING_META_KEYS = (b"freecp.embeddings", b"freecp.vocabulary")
-CACHE_DIR = "descriptions/shards"  # freecp.stores.descriptions.SHARD_DIR
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ def check_store(url: str, quarantine: bool = False) -> CheckReport:
     """Read every embedding-store, description-cache and request file under ``url``; list (and
     move aside) the bad ones."""
     root = open_root(url)
-    files = (root.list_files(EMBEDDINGS_DIR, ".parquet") + root.list_files(CACHE_DIR, ".parquet")
+    files = (root.list_files(MODELS_DIR, ".parquet") + root.list_files(SHARD_DIR, ".parquet")
              + root.list_files(REQUESTS_DIR, ".json"))
     bad = []
     for path in files:
@@ -71,9 +68,9 @@ def _problem(root: StoreRoot, path: str) -> str | None:
     except FileNotFoundError:
         return None  # removed meanwhile (compaction): nothing to check
     except (pa.ArrowException, OSError) as err:
-        return f"not a readable Parquet file: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    if path.startswith(EMBEDDINGS_DIR + "/"):
-        if not any(key in (table.schema.metadata or {}) for key in EMBEDDING_META_KEYS):
+        return f"not a readable Parquet file: {_first_line(err)}"
+    if path.startswith(MODELS_DIR + "/"):
+        if not any(key in (table.schema.metadata or {}) for key in (META_KEY, MANIFEST_META_KEY)):
             return "a Parquet file without freecp's embedding metadata"
     else:
         missing = [name for name in SCHEMA.names if name not in table.column_names]
@@ -90,7 +87,11 @@ def _request_problem(root: StoreRoot, path: str) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        return f"not a weights-request record: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        return f"not a weights-request record: {_first_line(err)}"
     if request_path(request) != path:
         return f"a weights-request record filed under the wrong name (it belongs at {request_path(request)})"
     return None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
