@@ -109,15 +109,13 @@ def segment_images_task(images: list[str], images_root: str, out: str, spec: Seg
     by one; each image keeps its claim, its up-to-date check and its own failure record)."""
     with library_logs():  # this task may run in a Dask worker, where the flow's routing is not
         records = pipeline.segment_files(segmenter_for(spec), [Path(p) for p in images], Path(images_root),
-                                         Path(out))
+                                         Path(out), wait_for_claims=True)
     logger = get_run_logger()
     for record in records:
         if record.status == "failed":
             logger.error("%s failed: %s", record.path, record.error)
         elif record.status == "skipped":
             logger.info("%s is up to date", record.path)
-        elif record.status == "claimed":
-            logger.info("%s is being segmented by another run", record.path)
         else:
             logger.info("%s done in %.2f s: %s", record.path, record.seconds, ", ".join(record.classes_present))
     return [record.to_dict() for record in records]

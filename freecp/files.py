@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePath
 
 TEMP_PREFIX = ".tmp-"  # a writer's unfinished file; listings and scans skip names that start so
 
@@ -26,3 +26,26 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+class OutsideRootError(ValueError):
+    """A path taken from a file (a record, a claim, a layout) that would lead outside its root."""
+
+
+def contained(root: Path, relative: str | PurePath) -> Path:
+    """``root / relative``, refused unless it stays inside ``root`` once symlinks are resolved.
+
+    The one containment check for paths read from an output folder or built for writing into it:
+    absolute paths, ``..`` parts and symlinks (of any part, the last included) that lead out
+    raise ``OutsideRootError`` with the reason, so nothing outside ``root`` is read, written,
+    moved or deleted on the word of a file someone else may have written.
+    """
+    rel = PurePath(relative)
+    if rel.is_absolute() or rel.anchor:
+        raise OutsideRootError(f"{str(relative)!r} is an absolute path")
+    if ".." in rel.parts:
+        raise OutsideRootError(f"{str(relative)!r} climbs out with '..'")
+    target = Path(root) / rel
+    if not target.resolve().is_relative_to(Path(root).resolve()):
+        raise OutsideRootError(f"{str(relative)!r} resolves outside {root} (symlink)")
+    return target

@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from freecp.files import atomic_write
+from freecp.files import atomic_write, contained
 from freecp.legend import legend_strip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -131,19 +131,11 @@ def write_overlay(
 def safe_output_path(out_dir: Path, relative: Path | str, suffix: str) -> Path:
     """``out_dir / relative`` with ``suffix`` appended to the whole file name (``a.jpg`` ->
     ``a.jpg.png``), so two distinct inputs never share an output; refuses any result that would
-    land outside ``out_dir`` (absolute paths, ``..`` parts, symlinks that lead out)."""
+    land outside ``out_dir`` (``freecp.files.contained``: absolute paths, ``..`` parts, symlinks)."""
     rel = PurePath(relative)
-    if rel.is_absolute() or rel.anchor:
-        raise ValueError(f"output name {str(relative)!r} is an absolute path")
-    if ".." in rel.parts:
-        raise ValueError(f"output name {str(relative)!r} climbs out with '..'")
-    if not rel.name or rel.name == ".":
+    if rel.name in ("", ".", ".."):
         raise ValueError(f"output name {str(relative)!r} has no file name")
-    target = Path(out_dir) / rel.with_name(rel.name + suffix)
-    root = Path(out_dir).resolve()
-    if not target.resolve().is_relative_to(root):
-        raise ValueError(f"output name {str(relative)!r} resolves outside {out_dir} (symlink)")
-    return target
+    return contained(out_dir, rel.with_name(rel.name + suffix))
 
 
 def _open(path: Path) -> Image.Image:

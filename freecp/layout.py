@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from freecp.io import safe_output_path
-from freecp.files import atomic_write
+from freecp.files import OutsideRootError, atomic_write, contained
 
 LAYOUT_FILE = ".freecp-layout"
 LAYOUT_VERSION = 2
@@ -47,12 +47,12 @@ class OutputPaths:
 
 def output_paths(out_dir: Path, relative: Path | str) -> OutputPaths:
     """The outputs of the input at ``relative``; raises ``ValueError`` for a path that would leave ``out_dir``."""
-    out_dir = Path(out_dir)
+    out_dir, relative = Path(out_dir), PurePath(relative)
     return OutputPaths(
-        record=safe_output_path(out_dir / RECORDS_DIR, relative, ".json"),
-        mask=safe_output_path(out_dir / MASKS_DIR, relative, ".png"),
-        overlay=safe_output_path(out_dir / OVERLAYS_DIR, relative, ".jpg"),
-        claim=safe_output_path(out_dir / CLAIMS_DIR, relative, ".claim"),
+        record=safe_output_path(out_dir, RECORDS_DIR / relative, ".json"),
+        mask=safe_output_path(out_dir, MASKS_DIR / relative, ".png"),
+        overlay=safe_output_path(out_dir, OVERLAYS_DIR / relative, ".jpg"),
+        claim=safe_output_path(out_dir, CLAIMS_DIR / relative, ".claim"),
     )
 
 
@@ -62,7 +62,14 @@ def prepare_output(out_dir: Path) -> int:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise LayoutError(f"--out {out_dir} is a file, not a folder")
-    marker = out_dir / LAYOUT_FILE
+    for name in OUTPUT_DIRS:
+        if (out_dir / name).is_symlink():
+            raise LayoutError(f"{out_dir / name} is a symlink; freecp writes only inside --out, so make it a "
+                              f"real folder (or use another --out)")
+    try:
+        marker = contained(out_dir, LAYOUT_FILE)
+    except OutsideRootError as err:
+        raise LayoutError(f"{out_dir}: {err}") from None
     if marker.is_file():
         try:
             version = json.loads(marker.read_text()).get("naming")
@@ -78,13 +85,16 @@ def prepare_output(out_dir: Path) -> int:
 
 
 def _migrate_layout_1(out_dir: Path) -> int:
-    """Rename outputs to the full-name naming; drop the ones several inputs had overwritten."""
+    """Rename outputs to the full-name naming; drop the ones several inputs had overwritten.
+
+    Records are input: a record whose paths would lead outside ``out_dir`` is dropped (its image
+    is segmented again) and nothing it names is touched."""
     records: dict[Path, dict] = {}
     for path in (out_dir / RECORDS_DIR).rglob("*.json"):
         try:
-            records[path] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # half-written by a killed run: redo that image
+            records[path] = _old_record(out_dir, path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            path.unlink(missing_ok=True)  # half-written by a killed run, or naming files outside: redo that image
     claimants: dict[str, list[Path]] = defaultdict(list)
     for path, record in records.items():
         claimants[record.get("mask") or ""].append(path)
@@ -96,16 +106,27 @@ def _migrate_layout_1(out_dir: Path) -> int:
             if collided:  # overwritten by several inputs: the files belong to none of them
                 for field in ("mask", "overlay"):
                     if record.get(field):
-                        (out_dir / record[field]).unlink(missing_ok=True)
+                        contained(out_dir, record[field]).unlink(missing_ok=True)
                 path.unlink()
                 discarded += 1
                 continue
             new = output_paths(out_dir, record["path"])
             for field, target in (("mask", new.mask), ("overlay", new.overlay)):
-                old = out_dir / (record.get(field) or "")
+                old = contained(out_dir, record.get(field) or ".")
                 if record.get(field) and old.is_file() and old != target:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     old.replace(target)
                 record[field] = target.relative_to(out_dir).as_posix()
             atomic_write(path, json.dumps(record).encode())
     return discarded
+
+
+def _old_record(out_dir: Path, path: Path) -> dict:
+    """A layout-1 record, checked before anything acts on it: the file itself, its image's path
+    and the outputs it names must all stay inside ``out_dir`` (else ``ValueError``)."""
+    record = json.loads(contained(out_dir, path.relative_to(out_dir)).read_text())
+    output_paths(out_dir, record["path"])
+    for field in ("mask", "overlay"):
+        if record.get(field):
+            contained(out_dir, record[field])
+    return record

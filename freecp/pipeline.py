@@ -36,10 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import numpy as np
 
-from freecp.claims import claim
+from freecp.claims import STALE_SECONDS, claim
 from freecp.clip import embed_vocabulary, load_backbone
 from freecp.templates import IMAGENET_TEMPLATES
-from freecp.files import atomic_write
+from freecp.files import atomic_write, contained
 from freecp.inputs import ImageSearch, find_images
 from freecp.jobs import ClipModel, FolderJob, SegmentJob
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
@@ -53,6 +53,7 @@ from freecp.vocab import Vocabulary
 
 INDEX_NAME = "records.parquet"
 ERROR_CHARS = 500  # a failure's reason is kept to this length in its record
+CLAIM_POLL_SECONDS = 2.0  # how often a run looks again at images another run holds
 log = logging.getLogger(__name__)
 
 INDEX_SCHEMA = pa.schema([
@@ -230,13 +231,13 @@ def _open_job(image_path: Path, images_root: Path, out_dir: Path, key: str) -> _
     except (OSError, ValueError) as err:
         record.error = f"cannot use this path: {err}"
         return job
-    if (previous := _up_to_date(paths, record, out_dir)) is not None:
+    if (previous := _up_to_date(paths, record)) is not None:
         job.record = previous
         return job
     if not job.claim.enter_context(claim(paths.claim)):
         record.status, record.error = "claimed", "another run is segmenting this image"
         return job
-    if (previous := _up_to_date(paths, record, out_dir)) is not None:
+    if (previous := _up_to_date(paths, record)) is not None:
         job.release()
         job.record = previous  # the other run finished it just before our claim
         return job
@@ -311,11 +312,11 @@ def _finish(segmenter: Segmenter, out_dir: Path, job: _Job, result: Segmentation
     return _logged(record)
 
 
-def _up_to_date(paths: OutputPaths, record: ImageRecord, out_dir: Path) -> ImageRecord | None:
+def _up_to_date(paths: OutputPaths, record: ImageRecord) -> ImageRecord | None:
     """The previous record, marked skipped, when it is done for the same image bytes and run key."""
     previous = _read_record(paths.record)
     if previous and previous.status == "done" and previous.content_hash == record.content_hash \
-            and previous.run_key == record.run_key and (out_dir / previous.mask).is_file():
+            and previous.run_key == record.run_key and previous.mask == record.mask and paths.mask.is_file():
         previous.status = "skipped"
         return previous
     return None
@@ -372,10 +373,22 @@ def segment_one(segmenter: Segmenter, image_path: Path, images_root: Path, out_d
 
 
 def segment_files(segmenter: Segmenter, image_paths: Sequence[Path], images_root: Path, out_dir: Path,
-                  key: str | None = None) -> list[ImageRecord]:
+                  key: str | None = None, wait_for_claims: bool = False) -> list[ImageRecord]:
     """``segment_one`` for a few images at once: those to do share the model calls (the batched
-    path of ``segment_folder``, same outputs), each keeps its own claim and record."""
+    path of ``segment_folder``, same outputs), each keeps its own claim and record. With
+    ``wait_for_claims`` no record comes back "claimed": images another run holds are waited for
+    (``wait_for_claimed``)."""
     key = key or run_key(segmenter)
+    records = _segment_files_once(segmenter, image_paths, images_root, out_dir, key)
+    claimed = [path for path, record in zip(image_paths, records) if record.status == "claimed"]
+    if not wait_for_claims or not claimed:
+        return records
+    settled = {record.path: record for record in wait_for_claimed(segmenter, claimed, images_root, out_dir, key)}
+    return [settled.get(record.path, record) for record in records]
+
+
+def _segment_files_once(segmenter: Segmenter, image_paths: Sequence[Path], images_root: Path, out_dir: Path,
+                        key: str) -> list[ImageRecord]:
     jobs: list[_Job] = []
     try:
         for path in image_paths:
@@ -385,6 +398,27 @@ def segment_files(segmenter: Segmenter, image_paths: Sequence[Path], images_root
     finally:
         for job in jobs:
             job.release()
+
+
+def wait_for_claimed(segmenter: Segmenter, image_paths: Sequence[Path], images_root: Path, out_dir: Path,
+                     key: str, on_progress: ProgressCallback | None = None) -> list[ImageRecord]:
+    """Settle images another run holds: look again every ``CLAIM_POLL_SECONDS`` until that run
+    has recorded each one or its claim went stale (``freecp.claims``; the image is then done
+    here). So a run never ends while an image it was asked for is neither recorded nor being
+    worked on by a live run."""
+    todo, settled = list(image_paths), []
+    log.warning("%d images are being segmented by another run on this folder; waiting for it (a claim "
+                "whose heartbeat stops for %.0f s is taken over)", len(todo), STALE_SECONDS)
+    while todo:
+        if on_progress is not None:
+            on_progress("waiting for another run", len(settled), len(settled) + len(todo))
+        time.sleep(CLAIM_POLL_SECONDS)
+        records = _segment_files_once(segmenter, todo, images_root, out_dir, key)
+        settled += [record for record in records if record.status != "claimed"]
+        todo = [path for path, record in zip(todo, records) if record.status == "claimed"]
+    if on_progress is not None:
+        on_progress("waiting for another run", len(settled), len(settled))
+    return settled
 
 
 def segment(images: Path, vocab: Vocabulary, out_dir: Path, job: FolderJob | None = None,
@@ -447,6 +481,9 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path,
                     pending.append(writer.submit(_finish, segmenter, out_dir, job, result))
                 collect(block=False)
             collect(block=True)
+        if claimed := [job.source for job in opened if job.record.status == "claimed"]:
+            records = [record for record in records if record.status != "claimed"] + \
+                wait_for_claimed(segmenter, claimed, images_root, out_dir, key, on_progress)
     except BaseException as err:
         err.summary = RunSummary(  # type: ignore[attr-defined]
             records=records, index=_index_on_the_way_out(out_dir, records), seconds=time.perf_counter() - start,
@@ -492,7 +529,7 @@ def write_index(out_dir: Path, records: list[ImageRecord] = ()) -> Path:
     out_dir = Path(out_dir)
     by_path: dict[str, ImageRecord] = {}
     for path in sorted((out_dir / RECORDS_DIR).rglob("*.json")):
-        record = _read_record(path)
+        record = _read_record(path, out_dir)
         if record is not None:
             by_path[record.path] = record
     by_path.update((r.path, r) for r in records if r.status in ("done", "failed"))
@@ -509,8 +546,12 @@ def write_index(out_dir: Path, records: list[ImageRecord] = ()) -> Path:
     return target
 
 
-def _read_record(path: Path) -> ImageRecord | None:
+def _read_record(path: Path, out_dir: Path | None = None) -> ImageRecord | None:
+    """The record at ``path`` (checked to lie inside ``out_dir`` when given: a record found by a
+    listing may be a symlink to anywhere), or None."""
     try:
+        if out_dir is not None:
+            path = contained(out_dir, path.relative_to(out_dir))
         return ImageRecord(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
-        return None  # missing, or left half-written by a killed run: redo the image
+        return None  # missing, left half-written by a killed run, or leading outside: redo the image

@@ -100,8 +100,6 @@ def print_summary(summary, out: Path) -> None:
                       + ", ".join(f"{c} ({n})" for c, n in totals.top_removed))
     for path, error in totals.failures:
         console.print(f"[red]failed[/] {escape(path)}: {escape(error)}")
-    if claimed := totals.counts["claimed"]:
-        console.print(f"{claimed} images were being segmented by another run on this folder; it records them")
     if summary.outside_links:
         console.print(f"{len(summary.outside_links)} symlinks lead outside the images folder and were "
                       f"not followed (--follow-symlinks reads them): "
