@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -213,36 +212,6 @@ def test_ctrl_c_keeps_finished_images_and_writes_the_index(tmp_path, store):
     assert "interrupted" in stderr and "Traceback" not in stderr
     rows = _index(out)
     assert 1 <= len(rows) < 40 and {r["status"] for r in rows.values()} == {"done"}
-
-
-def test_two_runs_on_one_folder_share_the_images(tmp_path, tiny_backbone, tiny_voc21_embeddings):
-    """Two threads each run a whole folder (as two workers would); claims make each image done once."""
-    from freecp.pipeline import segment_folder
-    from freecp.segmenter import Segmenter
-    from freecp.settings import SegmentSettings
-    from freecp.vocab import load_vocabulary
-    from tests.fixtures_clip import one_torch_thread
-
-    images, out = tmp_path / "images", tmp_path / "out"
-    for i in range(8):
-        _image(images / f"{i}.png", 200, 300, seed=i)
-    segmenter = Segmenter(tiny_backbone, load_vocabulary("voc21"), tiny_voc21_embeddings, SegmentSettings())
-    start, summaries = threading.Barrier(2), []
-
-    def worker() -> None:
-        start.wait()
-        summaries.append(segment_folder(segmenter, images, out))
-
-    with one_torch_thread():
-        threads = [threading.Thread(target=worker) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    done = [r.path for s in summaries for r in s.records if r.status == "done"]
-    assert sorted(done) == [f"{i}.png" for i in range(8)]  # each image segmented exactly once
-    assert {r["status"] for r in _index(out).values()} == {"done"} and len(_index(out)) == 8
-    assert not list((out / ".claims").rglob("*.claim"))  # every claim released
 
 
 def test_a_simulated_full_disk_stops_the_run_and_keeps_the_index(tmp_path, monkeypatch, tiny_backbone,
