@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from freecp import __version__
-from freecp.commands import benchmark, describe, encode, evaluate, samples, segment
+from freecp.commands import benchmark, describe, encode, evaluate, samples, segment, stopping
 
 app = typer.Typer(
     name="freecp",
@@ -23,6 +23,9 @@ app = typer.Typer(
 
 for module in (segment, benchmark, evaluate, describe, encode, samples):
     module.register(app)
+for group in (app, *(info.typer_instance for info in app.registered_groups)):
+    for info in group.registered_commands:
+        info.callback = stopping.stops_cleanly(info.callback)
 
 
 def _print_version(value: bool) -> None:
@@ -40,4 +43,5 @@ def _options(
 
 
 def main() -> None:
+    stopping.install()
     app()

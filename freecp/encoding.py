@@ -59,6 +59,7 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model:
     summary = embeddings.up_to_date(vocab, key, texts) if key is not None else None
     if summary is not None:
         return summary
+    embeddings.root.check_writable()  # a store that refuses writes fails now, not after the encoding
     from freecp.clip.model import load_backbone
 
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,

@@ -14,13 +14,16 @@ are deleted together with those records, so the images are segmented again.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from freecp.io import safe_output_path
-from freecp.files import OutsideRootError, atomic_write, contained
+from freecp.files import OutsideRootError, atomic_write, contained, temp_name
 
 LAYOUT_FILE = ".freecp-layout"
 LAYOUT_VERSION = 2
@@ -31,8 +34,19 @@ CLAIMS_DIR = ".claims"
 OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, RECORDS_DIR, CLAIMS_DIR)
 
 
+MIN_FREE_BYTES = 64 * 1024  # a run does not start on an output disk with less free space than this
+
+
 class LayoutError(ValueError):
     """An output folder this version cannot use; the message says why and what to do."""
+
+
+class UnwritableOutputError(OSError):
+    """The output folder cannot be written (read-only, permissions); checked before any work."""
+
+
+class DiskFullError(OSError):
+    """The output filesystem is full: the run stops (every later image would fail the same way)."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,14 @@ def output_paths(out_dir: Path, relative: Path | str) -> OutputPaths:
 
 def prepare_output(out_dir: Path) -> int:
     """Make ``out_dir`` a layout-2 output folder (create, or migrate layout 1); return how many
-    images' outputs were discarded by the migration because they had collided."""
+    images' outputs were discarded by the migration because they had collided.
+
+    Checked first, before any work: the folder is writable (``UnwritableOutputError``) and its
+    disk has ``MIN_FREE_BYTES`` free (``DiskFullError``)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise LayoutError(f"--out {out_dir} is a file, not a folder")
+    _check_writable(out_dir)
     for name in OUTPUT_DIRS:
         if (out_dir / name).is_symlink():
             raise LayoutError(f"{out_dir / name} is a symlink; freecp writes only inside --out, so make it a "
@@ -82,6 +100,25 @@ def prepare_output(out_dir: Path) -> int:
     discarded = _migrate_layout_1(out_dir) if (out_dir / RECORDS_DIR).is_dir() else 0
     atomic_write(marker, json.dumps({"naming": LAYOUT_VERSION}).encode())
     return discarded
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Make ``out_dir`` and write a probe file in it; a read-only folder or a full disk is one
+    clear error here rather than a traceback from the first image's claim."""
+    probe = out_dir / temp_name()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"freecp write check")
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):  # a read-only filesystem refuses even this
+            probe.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(err.errno, f"the output disk is full ({err.strerror})") from None
+        raise UnwritableOutputError(err.errno, f"cannot write to --out {out_dir} ({err.strerror})") from None
+    free = shutil.disk_usage(out_dir).free
+    if free < MIN_FREE_BYTES:
+        raise DiskFullError(errno.ENOSPC, f"the output disk is full ({free} bytes free)")
 
 
 def _migrate_layout_1(out_dir: Path) -> int:

@@ -43,7 +43,7 @@ from freecp.files import atomic_write, contained
 from freecp.inputs import ImageSearch, find_images
 from freecp.jobs import ClipModel, FolderJob, SegmentJob
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
-from freecp.layout import RECORDS_DIR, OutputPaths, output_paths, prepare_output
+from freecp.layout import RECORDS_DIR, DiskFullError, OutputPaths, output_paths, prepare_output
 from freecp.prefetch import WriteBehind, read_ahead
 from freecp.progress import ProgressCallback
 from freecp.segmenter import PreparedImage, Segmentation, Segmenter
@@ -118,10 +118,6 @@ class RunSummary:
     @property
     def failed(self) -> list[ImageRecord]:
         return [r for r in self.records if r.status == "failed"]
-
-
-class DiskFullError(OSError):
-    """The output filesystem is full: the run stops (every later image would fail the same way)."""
 
 
 _RUN_KEYS: weakref.WeakKeyDictionary[Segmenter, str] = weakref.WeakKeyDictionary()

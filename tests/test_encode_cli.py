@@ -151,7 +151,6 @@ def test_compact_merges_shards(tmp_path, vocab_file):
 
 @pytest.mark.parametrize("args, message", [
     (["encode", "no-such-vocabulary", "--store", "{tmp}"], "neither a shipped name"),
-    (["encode", "voc21", "--store", "ftp://host/x"], "unsupported store URL"),
     (["encode", "voc21", "--store", "{tmp}", "--model", "no-such-model"], "unknown CLIP model"),
     (["encode", "voc21", "--store", "{tmp}", "--model", "freecp-tiny", "--clip-checkpoint", "{tmp}/none.pt"],
      "does not exist"),

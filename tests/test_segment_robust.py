@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from freecp.cli import app
 from freecp.layout import LAYOUT_FILE, prepare_output
+from tests.mounts import mount_tmpfs, unmount
 
 TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,21 +168,12 @@ def test_old_layout_is_migrated_and_collided_outputs_are_redone(tmp_path):
         prepare_output(out)
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs at {path} to fill a real disk ({proc.stderr.strip()}); "
-                    f"needs root or CAP_SYS_ADMIN")
-
-
 def test_a_full_disk_stops_the_run_with_one_message_and_the_index(tmp_path, store):
     images, disk = tmp_path / "images", tmp_path / "disk"
     _image(images / "a_small.png", 40, 40)
     _image(images / "b_big.png", 1200, 1200)  # its noise overlay does not fit what is left
     _image(images / "c_small.png", 40, 40)
-    _mount_tmpfs(disk, "512k")
+    mount_tmpfs(disk, "512k")
     try:
         out = disk / "out"
         result = run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY)
@@ -192,10 +184,13 @@ def test_a_full_disk_stops_the_run_with_one_message_and_the_index(tmp_path, stor
         written = sorted(p.name for p in out.rglob("*") if p.is_file())
         assert not [n for n in written if n.startswith(("b_big", "c_small", ".tmp-"))], written
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        unmount(disk)
 
 
-def test_ctrl_c_keeps_finished_images_and_writes_the_index(tmp_path, store):
+@pytest.mark.parametrize(("stop", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_keeps_finished_images_and_writes_the_index(tmp_path, store, stop, code, said):
+    """SIGTERM (Kubernetes, systemd, Docker, Prefect cancellation) ends a run as Ctrl-C does."""
     images, out = tmp_path / "images", tmp_path / "out"
     for i in range(40):
         _image(images / f"{i:02d}.png", 300, 300, seed=i)
@@ -206,10 +201,10 @@ def test_ctrl_c_keeps_finished_images_and_writes_the_index(tmp_path, store):
     deadline = time.monotonic() + 240
     while not list((out / ".records").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert proc.returncode == code, stderr
+    assert said in stderr and "Traceback" not in stderr
     rows = _index(out)
     assert 1 <= len(rows) < 40 and {r["status"] for r in rows.values()} == {"done"}
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from freecp.commands import exits, stopping
 from freecp.commands.options import with_jobs
 from freecp.commands.progress import library_log_lines, progress_bars
 from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
@@ -49,22 +50,21 @@ def _user_errors() -> Iterator[None]:
     from freecp.stores.fs import StoreError
     from freecp.vocab import VocabularyError
 
-    user_errors = (VocabularyError, LLMError, StoreError, BatchFormatError, PromptError, ConversionError, ValueError)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    user_errors = (VocabularyError, LLMError, BatchFormatError, PromptError, ConversionError, ValueError)
+    previous = signal.signal(signal.SIGTERM, stopping.raise_terminated)
     try:
         yield
+    except StoreError as error:
+        err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(exits.STORAGE) from None
     except user_errors as error:
         err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: everything received so far is saved")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as stop:
+        err.print(f"{stopping.stopped(stop)}: everything received so far is saved")
+        raise typer.Exit(stopping.exit_code(stop)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 @with_jobs(job=DescribeJob)

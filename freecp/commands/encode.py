@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from freecp.commands import store_check
+from freecp.commands import exits, store_check
 from freecp.commands.progress import progress_bars
 from freecp.commands.options import with_jobs
 from freecp.jobs import EncodeJob
@@ -28,15 +29,22 @@ store_app = typer.Typer(help="Look into and maintain an embedding store.", no_ar
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn expected failures (bad input, unreachable store, missing weights) into one message."""
+    """Turn expected failures (bad input, missing weights; an unusable or unreachable store: exit
+    4) into one message."""
     from freecp.clip import WeightsUnavailableError
-    from freecp.stores.fs import StoreError
+    from freecp.stores.fs import StoreError, first_line
 
     try:
         yield
-    except (StoreError, WeightsUnavailableError, ValueError, OSError) as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    except (StoreError, OSError) as err:
+        _error_line(first_line(err), exits.STORAGE)
+    except (WeightsUnavailableError, ValueError) as err:
+        _error_line(str(err), exits.SOME_FAILED)
+
+
+def _error_line(text: str, code: int) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _table(title: str, *headers: str) -> Table:
@@ -72,7 +80,7 @@ def store_ls(url: StoreUrl) -> None:
     from freecp.stores.embeddings import EmbeddingStore
 
     with _user_errors():
-        store = EmbeddingStore(url)
+        store = EmbeddingStore(url, create=False)
         models = store.list_models()
         vocabularies = store.list_vocabularies()
     if not models:
@@ -99,7 +107,7 @@ def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None)
     from freecp.vocab import load_vocabulary
 
     with _user_errors():
-        store = EmbeddingStore(url)
+        store = EmbeddingStore(url, create=False)
         vocabulary = load_vocabulary(vocab)
         keys = [model_key] if model_key else [m.model_key for m in store.list_models()]
         coverages = [store.inspect(vocabulary, key) for key in keys]
@@ -129,7 +137,7 @@ def store_compact(url: StoreUrl, model_key: ModelKeyOpt = None) -> None:
     from freecp.stores.embeddings import EmbeddingStore
 
     with _user_errors():
-        merged = EmbeddingStore(url).compact(model_key)
+        merged = EmbeddingStore(url, create=False).compact(model_key)
     for what, (shards, rows) in merged.items():
         typer.echo(f"{what}: {shards} shards -> 1 ({rows} rows)")
     if not merged:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from freecp.commands import options as opt
+from freecp.commands import exits, options as opt, stopping
 from freecp.commands.progress import progress_bars
 from freecp.jobs import FolderJob
 
@@ -28,10 +28,12 @@ def segment(
     """Segment IMAGES against a vocabulary.
 
     Exit status: 0 all done, 1 some images failed, 2 bad options or inputs, 3 stopped because the
-    output disk is full, 130 interrupted (the index of what was done is written in every case).
+    output disk is full, 4 the output folder or the store cannot be used, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM); the index of what was done is written in every case.
     """
     from freecp.device import DeviceError, parse_device
-    from freecp.layout import LayoutError, prepare_output
+    from freecp.layout import DiskFullError, LayoutError, UnwritableOutputError, prepare_output
+    from freecp.stores.fs import StoreError, open_root
     from freecp.vocab import VocabularyError, load_vocabulary
 
     try:  # everything the user can get wrong is checked here, before torch is imported
@@ -44,12 +46,18 @@ def segment(
         if clip.clip_checkpoint is not None and not Path(clip.clip_checkpoint).is_file():
             raise FileNotFoundError(f"--clip-checkpoint {clip.clip_checkpoint} is not a file")
         prepare_output(out)
+        if job.segment.store is not None:
+            open_root(job.segment.store)  # the bucket exists and answers these credentials
+    except DiskFullError as err:
+        _fail(err, code=exits.DISK_FULL)
+    except (UnwritableOutputError, StoreError) as err:
+        _fail(err, code=exits.STORAGE)
     except (VocabularyError, DeviceError, LayoutError, FileNotFoundError, ValueError, OSError) as err:
         _fail(err)
     _segment(images, out, vocabulary, settings, job)
 
 
-def _fail(err: BaseException | str, code: int = 2) -> None:
+def _fail(err: BaseException | str, code: int = exits.BAD_INPUT) -> None:
     console.print(f"[red]error:[/] {escape(str(err))}")
     raise typer.Exit(code) from None
 
@@ -67,19 +75,22 @@ def _segment(images: Path, out: Path, vocabulary, settings, job: FolderJob) -> N
         segmenter = opt.open_segmenter(job.segment, vocabulary, settings, console)
         with progress_bars() as on_progress:
             summary = segment_folder(segmenter, images, out, on_progress, follow_symlinks=job.follow_symlinks)
-    except (VocabularyError, DeviceError, WeightsUnavailableError, StoreError, FileNotFoundError, ValueError) as err:
+    except StoreError as err:
+        _fail(err, code=exits.STORAGE)
+    except (VocabularyError, DeviceError, WeightsUnavailableError, FileNotFoundError, ValueError) as err:
         _fail(err)
     except DiskFullError as err:
         print_summary(err.summary, out)
         _fail(f"{err.strerror}: the run stopped; finished images are kept (see records above), the others "
-              f"were not written. Free some space and run again to do the rest.", code=3)
+              f"were not written. Free some space and run again to do the rest.", code=exits.DISK_FULL)
     except KeyboardInterrupt as err:
         if hasattr(err, "summary"):
             print_summary(err.summary, out)
-        _fail("interrupted: finished images are kept (see records above); run again to do the rest", code=130)
+        _fail(f"{stopping.stopped(err)}: finished images are kept (see records above); run again to do the rest",
+              code=stopping.exit_code(err))
     print_summary(summary, out)
     if summary.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(exits.SOME_FAILED)
 
 
 def print_summary(summary, out: Path) -> None:

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from freecp.commands import exits
+
 
 def store_check(
     url: Annotated[str, typer.Argument(help="Embedding store or description cache: a folder or s3:// URL.")],
@@ -15,16 +17,16 @@ def store_check(
     = False,
 ) -> None:
     """Read every file of an embedding store and of a description cache; exit 1 if any is bad
-    (and still in place: without --quarantine)."""
+    (and still in place: without --quarantine), 4 if the store cannot be read (no such root)."""
     from freecp.stores.check import check_store
-    from freecp.stores.fs import StoreError
+    from freecp.stores.fs import StoreError, first_line
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         report = check_store(url, quarantine=quarantine)
     except (StoreError, OSError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        console.print(f"[red]error:[/] {escape(first_line(err))}")
+        raise typer.Exit(exits.STORAGE) from None
     for bad in report.bad:
         moved = f" -> moved to {bad.quarantined_to}" if bad.quarantined_to else ""
         console.print(f"[red]bad[/] {escape(bad.path)}: {escape(bad.reason)}{escape(moved)}")

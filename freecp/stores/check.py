@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from freecp.stores.descriptions import SCHEMA, SHARD_DIR
 from freecp.stores.embeddings import MANIFEST_META_KEY, META_KEY, MODELS_DIR
-from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, open_root
+from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, first_line, open_root
 from freecp.stores.requests import REQUESTS_DIR, decode_request, request_path
 
 
@@ -42,7 +42,7 @@ class CheckReport:
 def check_store(url: str, quarantine: bool = False) -> CheckReport:
     """Read every embedding-store, description-cache and request file under ``url``; list (and
     move aside) the bad ones."""
-    root = open_root(url)
+    root = open_root(url, create=False)
     files = (root.list_files(MODELS_DIR, ".parquet") + root.list_files(SHARD_DIR, ".parquet")
              + root.list_files(REQUESTS_DIR, ".json"))
     bad = []
@@ -68,7 +68,7 @@ def _problem(root: StoreRoot, path: str) -> str | None:
     except FileNotFoundError:
         return None  # removed meanwhile (compaction): nothing to check
     except (pa.ArrowException, OSError) as err:
-        return f"not a readable Parquet file: {_first_line(err)}"
+        return f"not a readable Parquet file: {first_line(err)}"
     if path.startswith(MODELS_DIR + "/"):
         if not any(key in (table.schema.metadata or {}) for key in (META_KEY, MANIFEST_META_KEY)):
             return "a Parquet file without freecp's embedding metadata"
@@ -87,11 +87,7 @@ def _request_problem(root: StoreRoot, path: str) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        return f"not a weights-request record: {_first_line(err)}"
+        return f"not a weights-request record: {first_line(err)}"
     if request_path(request) != path:
         return f"a weights-request record filed under the wrong name (it belongs at {request_path(request)})"
     return None
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -313,11 +313,12 @@ class EmbeddingStore:
     """Read and extend the embedding store at ``url`` (see the module docstring for the layout).
 
     ``flush_seconds``: while encoding, finished rows are written as a shard at least this often,
-    so a killed run loses at most that much work.
+    so a killed run loses at most that much work. ``create=False`` (readers: ``store ls``,
+    ``store inspect``) refuses a root that does not exist instead of making it.
     """
 
-    def __init__(self, url: str, *, flush_seconds: float = 60.0) -> None:
-        self.root: StoreRoot = open_root(url)
+    def __init__(self, url: str, *, flush_seconds: float = 60.0, create: bool = True) -> None:
+        self.root: StoreRoot = open_root(url, create=create)
         self.url = self.root.url
         self.flush_seconds = flush_seconds
 

@@ -86,6 +86,16 @@ class StoreRoot:
     def delete(self, relative: str) -> None:
         self.fs.delete_file(self.path(relative))
 
+    def check_writable(self) -> None:
+        """Write and remove a small probe file, so a store that refuses writes (credentials,
+        permissions, a full disk) fails before any heavy work, with ``StoreError``."""
+        probe = temp_name()
+        try:
+            self.write_bytes(probe, b"freecp write check")
+            self.delete(probe)
+        except OSError as err:
+            raise StoreError(f"cannot write to {self.url}: {first_line(err)}") from None
+
 
 QUARANTINE_DIR = "quarantine"  # `freecp store check --quarantine` moves unreadable files here
 _reported: set[str] = set()
@@ -96,10 +106,14 @@ def skip_unreadable(location: str, reason: BaseException) -> None:
     if location not in _reported:
         _reported.add(location)
         log.warning("skipping unreadable store file %s (%s); `freecp store check --quarantine` moves it aside",
-                    location, str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
+                    location, first_line(reason))
 
-def open_root(url: str | Path) -> StoreRoot:
-    """Open a store root from a local path or an ``s3://bucket/prefix`` URL."""
+def open_root(url: str | Path, *, create: bool = True) -> StoreRoot:
+    """Open a store root from a local path or an ``s3://bucket/prefix`` URL.
+
+    The bucket must exist and answer these credentials; a local root is made when ``create``,
+    else (for readers such as ``store ls`` and ``store check``) a root that does not exist is
+    refused rather than reported empty."""
     text = str(url)
     parsed = urlparse(text)
     if parsed.scheme == "s3":
@@ -112,12 +126,28 @@ def open_root(url: str | Path) -> StoreRoot:
         )
         base = posixpath.join(parsed.netloc, parsed.path.strip("/")).rstrip("/")
         try:
-            fs.get_file_info(parsed.netloc)
+            bucket = fs.get_file_info(parsed.netloc)
+            missing = not create and base != parsed.netloc and fs.get_file_info(base).type == pafs.FileType.NotFound
         except OSError as err:
-            raise StoreError(f"cannot reach {text}: {err}") from None
+            raise StoreError(f"cannot reach {text}: {first_line(err)}") from None
+        if bucket.type == pafs.FileType.NotFound:
+            raise StoreError(f"{text}: the bucket {parsed.netloc!r} does not exist")
+        if missing:
+            raise StoreError(f"{text}: no store there (nothing under that prefix)")
         return StoreRoot(fs=fs, base=base, url=text)
     if parsed.scheme not in ("", "file"):
         raise StoreError(f"{text!r}: unsupported store URL; use a local path or s3://bucket/prefix")
     local = Path(parsed.path if parsed.scheme == "file" else text).expanduser().resolve()
-    local.mkdir(parents=True, exist_ok=True)
+    if not create and not local.is_dir():
+        raise StoreError(f"{text}: no store there (the folder does not exist)")
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot make the store folder {local}: {first_line(err)}") from None
     return StoreRoot(fs=pafs.LocalFileSystem(), base=local.as_posix(), url=str(local))
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line (pyarrow's S3 errors run to several), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,127 @@
+"""Every failure of the output folder or the store is one line with the same exit status across
+commands, found before heavy work; SIGTERM ends a command as Ctrl-C does (issue 19, cases 3-4).
+
+Real stores: the moto S3 server on 127.0.0.1 (tests/fixtures_s3.py) and real tmpfs mounts for a
+read-only folder and a full disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from freecp.cli import app
+from freecp.commands import exits
+from tests.fixtures_s3 import aws_env
+from tests.mounts import mount_tmpfs, unmount
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
+
+
+def _images(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (16, 16)).save(images / "x.png")
+    return images
+
+
+def _in_one_interpreter(cases: list[list[str]], env: dict[str, str]) -> list[tuple[int, str, bool]]:
+    """Run each command line with Typer's runner in one fresh interpreter; each result says
+    whether torch had been imported by then (heavy work means torch)."""
+    script = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from freecp.cli import app\n"
+        "out = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    r = CliRunner().invoke(app, args)\n"
+        "    out.append([r.exit_code, r.output, 'torch' in sys.modules])\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(result) for result in json.loads(proc.stdout)]
+
+
+def test_an_unusable_store_is_one_line_and_exit_4_in_every_command(tmp_path, s3_endpoint, s3_bucket):
+    images, vocab = _images(tmp_path), tmp_path / "v.txt"
+    vocab.write_text("cat\ndog\n")
+    missing = "s3://no-such-bucket-freecp/store"
+    cases = [
+        (["segment", str(images), "--vocab", str(vocab), "--out", str(tmp_path / "o"), "--store", missing, *TINY],
+         "does not exist"),
+        (["encode", str(vocab), "--store", missing, *TINY], "does not exist"),
+        (["store", "check", missing], "does not exist"),
+        (["store", "ls", missing], "does not exist"),
+        (["store", "inspect", missing, str(vocab)], "does not exist"),
+        (["describe", "--show", "cat", "--cache", missing], "does not exist"),
+        (["store", "check", str(tmp_path / "no-store")], "no store there"),
+        (["store", "ls", str(tmp_path / "no-store")], "no store there"),
+        (["store", "ls", f"{s3_bucket}/no-prefix"], "no store there"),
+        (["encode", str(vocab), "--store", "ftp://host/x", *TINY], "unsupported store URL"),
+    ]
+    results = _in_one_interpreter([args for args, _ in cases], aws_env(s3_endpoint))
+    for (args, expected), (code, output, torch_loaded) in zip(cases, results, strict=True):
+        assert code == exits.STORAGE and expected in output, (args, code, output)
+        assert "Traceback" not in output and len(output.strip().splitlines()) == 1, (args, output)
+        assert not torch_loaded, args
+    assert not (tmp_path / "no-store").exists()  # a reader does not make the root it was asked about
+
+
+def test_a_read_only_output_folder_is_one_line_and_exit_4(tmp_path):
+    disk = tmp_path / "ro"
+    mount_tmpfs(disk, "1m", read_only=True)
+    try:
+        result = CliRunner().invoke(app, ["segment", str(_images(tmp_path)), "--vocab", "voc20", "--out",
+                                          str(disk), *TINY])
+    finally:
+        unmount(disk)
+    assert result.exit_code == exits.STORAGE, result.output
+    assert "cannot write to --out" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_disk_full_before_the_run_is_one_line_and_exit_3(tmp_path):
+    disk = tmp_path / "full"
+    mount_tmpfs(disk, "256k")
+    try:
+        out = disk / "out"
+        out.mkdir()
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(filler, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # ENOSPC: the disk is full now
+        finally:
+            os.close(filler)
+        result = CliRunner().invoke(app, ["segment", str(_images(tmp_path)), "--vocab", "voc20", "--out",
+                                          str(out), *TINY])
+    finally:
+        unmount(disk)
+    assert result.exit_code == exits.DISK_FULL, result.output
+    assert "disk is full" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_sigterm_ends_encode_in_one_line_with_143(tmp_path):
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "freecp", "encode", "voc21", "--store", str(store), *TINY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while not store.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == exits.TERMINATED, stderr
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
