@@ -20,12 +20,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from freecp.cli import app
-from freecp.commands import exits
 from tests.fixtures_s3 import aws_env
 from tests.mounts import mount_tmpfs, unmount
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
+DISK_FULL, STORAGE, TERMINATED = 3, 4, 143  # the README's exit-status table (freecp.commands.exits)
 
 
 def _images(tmp_path: Path) -> Path:
@@ -73,7 +73,7 @@ def test_an_unusable_store_is_one_line_and_exit_4_in_every_command(tmp_path, s3_
     ]
     results = _in_one_interpreter([args for args, _ in cases], aws_env(s3_endpoint))
     for (args, expected), (code, output, torch_loaded) in zip(cases, results, strict=True):
-        assert code == exits.STORAGE and expected in output, (args, code, output)
+        assert code == STORAGE and expected in output, (args, code, output)
         assert "Traceback" not in output and len(output.strip().splitlines()) == 1, (args, output)
         assert not torch_loaded, args
     assert not (tmp_path / "no-store").exists()  # a reader does not make the root it was asked about
@@ -87,7 +87,7 @@ def test_a_read_only_output_folder_is_one_line_and_exit_4(tmp_path):
                                           str(disk), *TINY])
     finally:
         unmount(disk)
-    assert result.exit_code == exits.STORAGE, result.output
+    assert result.exit_code == STORAGE, result.output
     assert "cannot write to --out" in result.output and len(result.output.strip().splitlines()) == 1
 
 
@@ -109,7 +109,7 @@ def test_a_disk_full_before_the_run_is_one_line_and_exit_3(tmp_path):
                                           str(out), *TINY])
     finally:
         unmount(disk)
-    assert result.exit_code == exits.DISK_FULL, result.output
+    assert result.exit_code == DISK_FULL, result.output
     assert "disk is full" in result.output and len(result.output.strip().splitlines()) == 1
 
 
@@ -123,5 +123,5 @@ def test_sigterm_ends_encode_in_one_line_with_143(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == exits.TERMINATED, stderr
+    assert proc.returncode == TERMINATED, stderr
     assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
