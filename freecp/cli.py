@@ -6,12 +6,14 @@ Command modules import the library (torch, pyarrow, the LLM client) inside their
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
 from freecp import __version__
 from freecp.commands import benchmark, describe, encode, evaluate, samples, segment, stopping
+from freecp.commands.text import TerminalLogHandler
 
 app = typer.Typer(
     name="freecp",
@@ -44,4 +46,5 @@ def _options(
 
 def main() -> None:
     stopping.install()
+    logging.getLogger("freecp").addHandler(TerminalLogHandler())
     app()

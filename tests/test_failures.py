@@ -125,3 +125,19 @@ def test_sigterm_ends_encode_in_one_line_with_143(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == TERMINATED, stderr
     assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+
+
+def test_control_characters_in_names_are_escaped_when_printed(tmp_path):
+    """NUL, a bidi override and ESC in class names and an ESC sequence in a file name reach the
+    terminal as escapes, never raw (a name could otherwise clear the screen or reorder text)."""
+    images = _images(tmp_path)
+    (images / "bad\x1b[2Jname.png").write_bytes(b"")  # an empty file: its failure line names it
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("ca\u202et\ndo\x00g\nsky\x1b[31m\n", encoding="utf-8")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["segment", str(images), "--vocab", str(vocab), "--out", str(tmp_path / "o"),
+                                      "--store", str(store), *TINY], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output  # the empty file failed
+    assert not any(c in result.output for c in "\x1b\x00\u202e"), repr(result.output)
+    assert "bad\\x1b[2Jname.png" in result.output and "classes found most often" in result.output
+    assert "\\u202e" in result.output or "\\x00" in result.output or "\\x1b[31m" in result.output

@@ -17,6 +17,7 @@ from rich.markup import escape
 from freecp.commands import exits, stopping
 from freecp.commands.options import with_jobs
 from freecp.commands.progress import library_log_lines, progress_bars
+from freecp.commands.text import shown
 from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
 from freecp.jobs import DescribeJob
 
@@ -55,10 +56,10 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except StoreError as error:
-        err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        err.print(f"[red]error:[/] {shown(str(error))}", highlight=False)
         raise typer.Exit(exits.STORAGE) from None
     except user_errors as error:
-        err.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        err.print(f"[red]error:[/] {shown(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as stop:
         err.print(f"{stopping.stopped(stop)}: everything received so far is saved")
@@ -152,9 +153,9 @@ def _show(store: DescriptionCache, name: str, llm_model: str | None) -> None:
         raise ValueError(f"the cache at {store.url} holds no descriptions for {name!r}{hint}")
     answers = [e for e in store.entries() if e.class_name == name]
     models = sorted({e.llm_model or e.source for e in answers})
-    out.print(f"{name}: {len(known[name])} descriptions from {len(answers)} entries ({', '.join(models)})")
+    out.print(f"{shown(name)}: {len(known[name])} descriptions from {len(answers)} entries ({', '.join(models)})")
     for number, text in enumerate(known[name], start=1):
-        out.print(f"{number:3d}. {text}")
+        out.print(f"{number:3d}. {shown(text)}")
 
 
 def _print_summary(summary: DescribeSummary, per_class: int) -> None:
@@ -164,9 +165,9 @@ def _print_summary(summary: DescribeSummary, per_class: int) -> None:
         out.print(f"{len(summary.short)} classes have fewer than {per_class} descriptions "
                   "(purification falls back to the class name only for a class with none):")
         for name, (count, reason) in sorted(summary.short.items()):
-            out.print(f"  {name}: {count} ({reason})")
+            out.print(f"  {shown(name)}: {count} ({shown(reason)})")
     if lacking := sorted(name for name, (count, _) in summary.short.items() if count == 0):
-        out.print(f"{len(lacking)} classes have no usable description: {', '.join(lacking)}. Purification "
+        out.print(f"{len(lacking)} classes have no usable description: {shown(', '.join(lacking))}. Purification "
                   "scores them by class name. The next run asks again; if the model keeps refusing, try "
                   "another --llm-model or write descriptions yourself and add them with --import-json FILE.")
     if summary.failed:

@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from freecp.commands import exits, store_check
 from freecp.commands.progress import progress_bars
 from freecp.commands.options import with_jobs
+from freecp.commands.text import shown
 from freecp.jobs import EncodeJob
 
 # The library (torch, open_clip, pyarrow) is imported inside the commands, so `freecp --help`
@@ -43,7 +43,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _error_line(text: str, code: int) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/red] {shown(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code) from None
 
 
@@ -95,7 +95,7 @@ def store_ls(url: StoreUrl) -> None:
     console.print(table)
     table = _table("vocabularies", "model", "vocabulary", "hash", "classes", "names", "described", "written")
     for v in vocabularies:
-        table.add_row(v.model_key, v.name, v.content_hash, str(v.classes), str(v.queries),
+        table.add_row(shown(v.model_key), shown(v.name), v.content_hash, str(v.classes), str(v.queries),
                       str(v.described), v.written_at)
     console.print(table)
 
@@ -117,7 +117,7 @@ def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None)
     console = Console()
     for cov in coverages:
         status = "complete" if cov.complete else "INCOMPLETE: run `freecp encode`"
-        table = _table(f"{cov.vocabulary} ({cov.content_hash}) with {cov.model_key}: {status}",
+        table = _table(f"{shown(cov.vocabulary)} ({cov.content_hash}) with {shown(cov.model_key)}: {status}",
                        "#", "class", "names encoded", "descriptions")
         foreground = set(vocabulary.foreground_indices)
         for c in cov.classes:
@@ -125,7 +125,7 @@ def store_inspect(url: StoreUrl, vocab: VocabArg, model_key: ModelKeyOpt = None)
                 described = "background (no AP)"
             else:
                 described = str(c.descriptions) if c.description_vector else "none (AP uses class names)"
-            table.add_row(str(c.index), ", ".join(c.names), f"{c.queries_present}/{len(c.names)}", described)
+            table.add_row(str(c.index), shown(", ".join(c.names)), f"{c.queries_present}/{len(c.names)}", described)
         console.print(table)
         console.print(f"foreground classes: {cov.described} with descriptions, "
                       f"{len(foreground) - cov.described} without")

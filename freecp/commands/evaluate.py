@@ -10,10 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from freecp.commands.text import shown
 from freecp.evaluate import (
     DATASET_LAYOUTS,
     IGNORE_INDEX,
@@ -117,7 +117,7 @@ def _class_table(result: dict) -> Table:
     for header in ("#", "class", "IoU", "Acc", "pixels"):
         table.add_column(header, justify="left" if header == "class" else "right")
     for row in result["per_class"]:
-        table.add_row(str(row["index"]), escape(str(row["name"])), _cell(row["IoU"]), _cell(row["Acc"]),
+        table.add_row(str(row["index"]), shown(str(row["name"])), _cell(row["IoU"]), _cell(row["Acc"]),
                       str(row["pixels"]))
     return table
 

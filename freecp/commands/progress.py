@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from freecp.commands.text import safe
 from freecp.progress import ProgressCallback
 
 
@@ -34,8 +35,9 @@ def library_log_lines(logger: str, console: Console) -> Iterator[None]:
     while the block runs; the library itself only logs."""
     handler = _ConsoleHandler(console)
     library = logging.getLogger(logger)
-    previous = library.level
+    previous, propagates = library.level, library.propagate
     library.addHandler(handler)
+    library.propagate = False  # printed here, not a second time by the command's own warning handler
     if library.getEffectiveLevel() > logging.INFO:
         library.setLevel(logging.INFO)
     try:
@@ -43,6 +45,7 @@ def library_log_lines(logger: str, console: Console) -> Iterator[None]:
     finally:
         library.removeHandler(handler)
         library.setLevel(previous)
+        library.propagate = propagates
 
 
 class _ConsoleHandler(logging.Handler):
@@ -51,4 +54,4 @@ class _ConsoleHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.console.print(record.getMessage(), markup=False, highlight=False)
+        self.console.print(safe(record.getMessage()), markup=False, highlight=False)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from freecp.commands import exits, options as opt, stopping
 from freecp.commands.progress import progress_bars
+from freecp.commands.text import shown
 from freecp.jobs import FolderJob
 
 console = Console(stderr=True, soft_wrap=True)
@@ -58,7 +58,7 @@ def segment(
 
 
 def _fail(err: BaseException | str, code: int = exits.BAD_INPUT) -> None:
-    console.print(f"[red]error:[/] {escape(str(err))}")
+    console.print(f"[red]error:[/] {shown(str(err))}")
     raise typer.Exit(code) from None
 
 
@@ -105,16 +105,16 @@ def print_summary(summary, out: Path) -> None:
                   f"{totals.seconds_per_image:.2f}")
     console.print(table)
     if totals.top_classes:
-        console.print("classes found most often: " + ", ".join(f"{c} ({n})" for c, n in totals.top_classes))
+        console.print("classes found most often: " + ", ".join(f"{shown(c)} ({n})" for c, n in totals.top_classes))
     if totals.top_removed:
         console.print("removed by purification most often: "
-                      + ", ".join(f"{c} ({n})" for c, n in totals.top_removed))
+                      + ", ".join(f"{shown(c)} ({n})" for c, n in totals.top_removed))
     for path, error in totals.failures:
-        console.print(f"[red]failed[/] {escape(path)}: {escape(error)}")
+        console.print(f"[red]failed[/] {shown(path)}: {shown(error)}")
     if summary.outside_links:
         console.print(f"{len(summary.outside_links)} symlinks lead outside the images folder and were "
                       f"not followed (--follow-symlinks reads them): "
-                      + ", ".join(escape(str(p)) for p in summary.outside_links[:5]))
+                      + ", ".join(shown(str(p)) for p in summary.outside_links[:5]))
     if summary.threads is not None:
         console.print(f"threads: {summary.threads.line()}")
     console.print(f"records: {summary.index if summary.index else 'NOT written (see the error above)'}")

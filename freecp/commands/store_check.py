@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from freecp.commands import exits
+from freecp.commands.text import shown
 
 
 def store_check(
@@ -25,11 +25,11 @@ def store_check(
     try:
         report = check_store(url, quarantine=quarantine)
     except (StoreError, OSError) as err:
-        console.print(f"[red]error:[/] {escape(first_line(err))}")
+        console.print(f"[red]error:[/] {shown(first_line(err))}")
         raise typer.Exit(exits.STORAGE) from None
     for bad in report.bad:
         moved = f" -> moved to {bad.quarantined_to}" if bad.quarantined_to else ""
-        console.print(f"[red]bad[/] {escape(bad.path)}: {escape(bad.reason)}{escape(moved)}")
+        console.print(f"[red]bad[/] {shown(bad.path)}: {shown(bad.reason)}{shown(moved)}")
     console.print(f"{report.url}: {report.checked} files checked, {len(report.bad)} bad"
                   + ("" if quarantine or not report.bad else "; run again with --quarantine to move them aside"))
     if report.bad and not quarantine:
