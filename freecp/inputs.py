@@ -1,8 +1,11 @@
 """Which files a segment run reads: image files under the images folder, never its own outputs.
 
-Symlink policy: a symlink (to a file or a folder) whose target lies inside the images folder is
-read like any file; one that leads outside it is not followed unless ``follow_symlinks`` is
-set, and each one left out is logged, so a folder cannot pull in files from elsewhere unnoticed.
+Symlink policy: a file symlink whose target lies inside the images folder is read like any file
+(under the link's name). A folder symlink whose target lies inside is not walked: that folder's
+images are found at their real place, so none is segmented twice under two names. A symlink
+(file or folder) that leads outside is not followed unless ``follow_symlinks`` is set, and each
+one left out is logged, so a folder cannot pull in files from elsewhere unnoticed. With
+``follow_symlinks`` every folder link is walked, each real folder once.
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ def find_images(root: Path, exclude: Path | None = None, follow_symlinks: bool =
             target = (here / d).resolve()
             if d.startswith(".") or target in skip:
                 continue
-            if (here / d).is_symlink() and not follow_symlinks and not target.is_relative_to(real_root):
-                outside.append(here / d)
-                continue
+            if (here / d).is_symlink() and not follow_symlinks:
+                if not target.is_relative_to(real_root):
+                    outside.append(here / d)
+                continue  # a link within the folder: its images are walked at their real place
             kept.append(d)
         dirnames[:] = kept
         for name in sorted(filenames):

@@ -18,12 +18,13 @@ import contextlib
 import errno
 import json
 import shutil
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from freecp.io import safe_output_path
-from freecp.files import OutsideRootError, atomic_write, contained, temp_name
+from freecp.files import TEMP_PREFIX, OutsideRootError, atomic_write, contained, temp_name
 
 LAYOUT_FILE = ".freecp-layout"
 LAYOUT_VERSION = 2
@@ -35,6 +36,7 @@ OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, RECORDS_DIR, CLAIMS_DIR)
 
 
 MIN_FREE_BYTES = 64 * 1024  # a run does not start on an output disk with less free space than this
+STALE_TEMP_SECONDS = 60.0  # a temporary file older than this at a run's start was left by a killed writer
 
 
 class LayoutError(ValueError):
@@ -75,7 +77,8 @@ def prepare_output(out_dir: Path) -> int:
     images' outputs were discarded by the migration because they had collided.
 
     Checked first, before any work: the folder is writable (``UnwritableOutputError``) and its
-    disk has ``MIN_FREE_BYTES`` free (``DiskFullError``)."""
+    disk has ``MIN_FREE_BYTES`` free (``DiskFullError``). Temporary files killed runs left are
+    removed (``remove_stale_temps``)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise LayoutError(f"--out {out_dir} is a file, not a folder")
@@ -88,6 +91,7 @@ def prepare_output(out_dir: Path) -> int:
         marker = contained(out_dir, LAYOUT_FILE)
     except OutsideRootError as err:
         raise LayoutError(f"{out_dir}: {err}") from None
+    remove_stale_temps(out_dir)
     if marker.is_file():
         try:
             version = json.loads(marker.read_text()).get("naming")
@@ -100,6 +104,22 @@ def prepare_output(out_dir: Path) -> int:
     discarded = _migrate_layout_1(out_dir) if (out_dir / RECORDS_DIR).is_dir() else 0
     atomic_write(marker, json.dumps({"naming": LAYOUT_VERSION}).encode())
     return discarded
+
+
+def remove_stale_temps(out_dir: Path) -> int:
+    """Remove the ``.tmp-*`` files in ``out_dir`` and its output folders that are older than
+    ``STALE_TEMP_SECONDS`` (a writer's temporary file lives for milliseconds, so such a file is
+    a killed run's; a run writing beside this one keeps its own); return how many."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    pattern = f"{TEMP_PREFIX}*"
+    found = [*out_dir.glob(pattern), *(p for name in OUTPUT_DIRS for p in (out_dir / name).rglob(pattern))]
+    removed = 0
+    for path in found:
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: left alone
+            if path.lstat().st_mtime < cutoff and not path.is_dir():
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _check_writable(out_dir: Path) -> None:

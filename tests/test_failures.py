@@ -141,3 +141,42 @@ def test_control_characters_in_names_are_escaped_when_printed(tmp_path):
     assert not any(c in result.output for c in "\x1b\x00\u202e"), repr(result.output)
     assert "bad\\x1b[2Jname.png" in result.output and "classes found most often" in result.output
     assert "\\u202e" in result.output or "\\x00" in result.output or "\\x1b[31m" in result.output
+
+
+def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path):
+    from freecp.layout import STALE_TEMP_SECONDS, prepare_output
+
+    out = tmp_path / "out"
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    stale = [out / ".tmp-0123456789ab", out / "masks" / "sub" / ".tmp-aaaaaaaaaaaa",
+             out / "overlays" / ".tmp-bbbbbbbbbbbb", out / ".records" / ".tmp-cccccccccccc",
+             out / ".claims" / ".tmp-dddddddddddd"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+        os.utime(path, (old, old))
+    fresh = out / "masks" / ".tmp-eeeeeeeeeeee"  # a run writing beside this one right now
+    fresh.write_bytes(b"being written")
+    kept = out / "masks" / "sub" / "a.png.png"
+    kept.write_bytes(b"mask")
+    os.utime(kept, (old, old))
+    prepare_output(out)
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and kept.exists()
+
+
+def test_folder_symlinks_inside_images_are_not_walked_and_outside_ones_are_listed(tmp_path):
+    """As the README says: a folder link within IMAGES adds no second copy of its images; one
+    leading out is listed, not followed; ``--follow-symlinks`` walks it, each real folder once."""
+    from freecp.inputs import find_images
+
+    images, outside = tmp_path / "images", tmp_path / "outside"
+    for folder in (images / "2024", outside):
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (images / "latest").symlink_to(images / "2024", target_is_directory=True)
+    (images / "elsewhere").symlink_to(outside, target_is_directory=True)
+    plain = find_images(images)
+    assert plain.images == [images / "2024" / "a.png"] and plain.outside_links == [images / "elsewhere"]
+    followed = find_images(images, follow_symlinks=True)
+    assert sorted(p.resolve() for p in followed.images) == [images / "2024" / "a.png", outside / "a.png"]
