@@ -144,10 +144,10 @@ def test_control_characters_in_names_are_escaped_when_printed(tmp_path):
 
 
 def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path):
-    from freecp.layout import STALE_TEMP_SECONDS, prepare_output
+    from freecp.layout import prepare_output
 
     out = tmp_path / "out"
-    old = time.time() - STALE_TEMP_SECONDS - 60
+    old = time.time() - 3600  # an hour: well past the minute a temporary file is given
     stale = [out / ".tmp-0123456789ab", out / "masks" / "sub" / ".tmp-aaaaaaaaaaaa",
              out / "overlays" / ".tmp-bbbbbbbbbbbb", out / ".records" / ".tmp-cccccccccccc",
              out / ".claims" / ".tmp-dddddddddddd"]
@@ -180,3 +180,21 @@ def test_folder_symlinks_inside_images_are_not_walked_and_outside_ones_are_liste
     assert plain.images == [images / "2024" / "a.png"] and plain.outside_links == [images / "elsewhere"]
     followed = find_images(images, follow_symlinks=True)
     assert sorted(p.resolve() for p in followed.images) == [images / "2024" / "a.png", outside / "a.png"]
+
+
+def test_describe_after_import_json_asks_nothing_for_the_reviewed_class(tmp_path):
+    """The LLM URL points at a port nobody listens on: were a request sent for the imported
+    class, the command would fail with "cannot reach the LLM server"."""
+    from freecp.describe.serve import free_port
+
+    reviewed, vocab, cache = tmp_path / "reviewed.json", tmp_path / "v.txt", str(tmp_path / "cache")
+    reviewed.write_text(json.dumps({"cat": ["a small furry pet", "an animal with whiskers"]}))
+    vocab.write_text("cat\n")
+    runner = CliRunner()
+    imported = runner.invoke(app, ["describe", "--import-json", str(reviewed), "--cache", cache])
+    assert imported.exit_code == 0, imported.output
+    result = runner.invoke(app, ["describe", str(vocab), "--cache", cache, "--per-class", "2",
+                                 "--llm-url", f"http://127.0.0.1:{free_port()}/v1", "--llm-model", "any"])
+    assert result.exit_code == 0, result.output
+    assert "classes done: 1/1" in result.output and "requests sent: 0" in result.output
+    assert "fewer than" not in result.output  # not reported short

@@ -22,7 +22,7 @@ from freecp.progress import ProgressCallback
 from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableError
 from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
 from freecp.describe.serve import LocalServer, server_command
-from freecp.stores.descriptions import SOURCE_SERVER, CacheEntry, DescriptionCache
+from freecp.stores.descriptions import SOURCE_IMPORT, SOURCE_SERVER, CacheEntry, DescriptionCache
 from freecp.vocab import Vocabulary
 
 FLUSH_EVERY = 16     # answers; a burst is written at once
@@ -109,10 +109,14 @@ def describe_vocabulary(
     model = llm_model if llm_url else served_model_name(llm_model)
     plans = build_plans(vocab, llm_model=model, per_class=per_class, temperature=temperature,
                         max_tokens=max_tokens, max_requests=max_requests, prompt_set=prompt_set)
-    summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans))
+    # reviewed descriptions (--import-json) replace the generated ones: such a class asks nothing
+    reviewed = {entry.class_name for entry in store.entries() if entry.source == SOURCE_IMPORT and entry.descriptions}
+    todo = [plan for plan in plans if plan.entry.name not in reviewed]
+    summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans),
+                              classes_done=len(plans) - len(todo))
     connector = _Connector(llm_url, llm_model, model, concurrency=concurrency, timeout=timeout, retries=retries,
                            structured=structured, vllm_bin=vllm_bin)
-    runner = _Runner(store, plans, connector, summary, on_progress)
+    runner = _Runner(store, todo, connector, summary, on_progress)
     try:
         asyncio.run(runner.run())
     except LLMUnavailableError as err:
