@@ -36,20 +36,21 @@ from freecp.device import check_device, parse_device
 from freecp.layout import prepare_output
 
 PARTLY_FAILED = "Partly failed"  # the state name of a run where some images failed and the rest were done
+DISK_FULL = "Disk full"  # the state name of a run the output disk stopped
 
 
 class _QuietPartlyFailed(logging.Filter):
-    """Drop the engine's traceback for a run that ended "Partly failed".
+    """Drop the engine's traceback for a run that ended "Partly failed" or "Disk full".
 
     A flow that returns a Failed state makes the engine raise ``FailedRun`` from that state and log
     it with a traceback ("Engine execution exited with unexpected exception") in the worker and
-    the UI. For a partly failed run that traceback says nothing: the run's own error lines and
-    its state message list the failed images and reasons. Other failures keep their tracebacks.
+    the UI. For these runs that traceback says nothing: the run's own error lines and its state
+    message say what was done and what stopped it. Other failures keep their tracebacks.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, FailedRun) and str(error).startswith(f"{PARTLY_FAILED}:"))
+        return not (isinstance(error, FailedRun) and str(error).startswith((f"{PARTLY_FAILED}:", f"{DISK_FULL}:")))
 
 
 logging.getLogger("prefect.flow_runs").addFilter(_QuietPartlyFailed())
@@ -122,17 +123,34 @@ def segment_images_task(images: list[str], images_root: str, out: str, spec: Seg
 
 
 @flow(name="segment-batch", persist_result=False, validate_parameters=False)
-def segment_batch(images_root: str, out: str, spec: SegmenterSpec, follow_symlinks: bool) -> list[dict[str, Any]]:
+def segment_batch(images_root: str, out: str, spec: SegmenterSpec, follow_symlinks: bool) -> dict[str, Any]:
     """The fan-out, as a subflow so that its task runner can be chosen per run. The image list
-    is made here, not passed in, so that a large folder does not become a huge flow parameter."""
-    groups = find_images(images_root, out, follow_symlinks, spec.settings.batch_images)
+    is made here, not passed in, so that a large folder does not become a huge flow parameter.
+    Returns the records and, when the output disk filled up, ``disk_full``: its message (the
+    tasks that finished before keep their records; the run then ends "Disk full")."""
+    try:
+        groups = find_images(images_root, out, follow_symlinks, spec.settings.batch_images)
+    except pipeline.DiskFullError as err:  # full before the first image
+        return {"records": [], "disk_full": err.strerror or str(err)}
     futures = segment_images_task.map(groups, images_root, out, spec)
-    return [record for future in futures for record in future.result()]
+    records, disk_full = [], ""
+    for future in futures:
+        try:
+            records += future.result()
+        except pipeline.DiskFullError as err:
+            disk_full = err.strerror or str(err)
+    return {"records": records, "disk_full": disk_full}
 
 
 @task(name="write-index", cache_policy=NO_CACHE, persist_result=False)
-def write_index(out: str, records: list[dict[str, Any]]) -> str:
-    return str(pipeline.write_index(Path(out), [pipeline.ImageRecord(**r) for r in records]))
+def write_index(out: str, records: list[dict[str, Any]]) -> str | None:
+    """The index of every record in ``out`` (None where the disk cannot take it)."""
+    return _index_or_none(out, [pipeline.ImageRecord(**r) for r in records])
+
+
+def _index_or_none(out: str, records: list[pipeline.ImageRecord]) -> str | None:
+    index = pipeline.write_index_if_possible(Path(out), records)
+    return None if index is None else str(index)
 
 
 @flow(name="segment-images", **LIBRARY_LOG_HOOKS)
@@ -148,7 +166,9 @@ def segment_images(images: str, vocab: VocabSource, out: str, *, job: FolderJob,
     to that Dask cluster instead. If any image failed the run ends in a Failed state named
     "Partly failed" whose message lists every failed image with its reason (each is also an
     error line in the run's log); the others are still segmented and indexed. Failures of one
-    image are never retried: they are records, not task failures.
+    image are never retried: they are records, not task failures. A full output disk ends the
+    run in a Failed state named "Disk full" (finished images and the index are kept, as with
+    ``freecp segment``); a cancelled run (SIGTERM) writes the index before it ends.
     """
     vocabulary = load_vocabulary_task(vocab)
     segment = job.segment
@@ -164,10 +184,20 @@ def segment_images(images: str, vocab: VocabSource, out: str, *, job: FolderJob,
     images_root, out_dir = _absolute(images), _absolute(out)
     prepare_segmenter(spec)
     batch = segment_batch.with_options(task_runner=task_runner_for(dask_address, threads))
-    records = batch(images_root, out_dir, spec, job.follow_symlinks)
-    index = write_index(out_dir, records)
+    try:
+        outcome = batch(images_root, out_dir, spec, job.follow_symlinks)
+    except BaseException:  # cancelled (SIGTERM) or crashed: the index still says what was done
+        _index_or_none(out_dir, [])
+        raise
+    records = outcome["records"]
+    index = write_index(out_dir, records) or "NOT written (the disk is full)"
     totals = publish_segment_report(records, images_root, index)
     message = f"{totals.line()}; index {index}"
+    if outcome["disk_full"]:
+        text = (f"{DISK_FULL}: {outcome['disk_full']}; the run stopped. {message}. Finished images are kept; "
+                f"free some space and run again to do the rest")
+        logger.error(text)
+        return Failed(name=DISK_FULL, message=text)
     if totals.failures:
         listed = "; ".join(f"{path}: {error}" for path, error in totals.failures)
         logger.error("%s: %s. Failed images: %s", PARTLY_FAILED, message, listed)

@@ -482,7 +482,7 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path,
                 wait_for_claimed(segmenter, claimed, images_root, out_dir, key, on_progress)
     except BaseException as err:
         err.summary = RunSummary(  # type: ignore[attr-defined]
-            records=records, index=_index_on_the_way_out(out_dir, records), seconds=time.perf_counter() - start,
+            records=records, index=write_index_if_possible(out_dir, records), seconds=time.perf_counter() - start,
             threads=current_policy(), outside_links=search.outside_links)
         raise
     finally:
@@ -507,10 +507,12 @@ def _batches(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
         yield batch
 
 
-def _index_on_the_way_out(out_dir: Path, records: list[ImageRecord]) -> Path | None:
+def write_index_if_possible(out_dir: Path, records: list[ImageRecord] = ()) -> Path | None:
+    """``write_index`` for a run on its way out (stopped, interrupted): None, and the reason
+    logged, where the disk that stopped the run does not take the index either."""
     try:
         return write_index(out_dir, records)
-    except OSError as err:  # the disk that stopped the run may not take the index either
+    except OSError as err:
         log.error("could not write %s: %s", Path(out_dir) / INDEX_NAME, err)
         return None
 
