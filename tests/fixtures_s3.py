@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -15,9 +16,9 @@ from freecp.describe.serve import free_port
 from tests.processes import stop_process
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """Start ``moto_server`` as a separate process and wait until it answers."""
+@contextmanager
+def _moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start ``moto_server`` as a separate process, wait until it answers, stop it after."""
     import httpx
 
     port = free_port()
@@ -25,6 +26,7 @@ def s3_endpoint() -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -37,8 +39,25 @@ def s3_endpoint() -> Iterator[str]:
                 proc.kill()
                 raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
-    yield url
-    stop_process(proc)
+    try:
+        yield url
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The session's S3 server (any credentials accepted)."""
+    with _moto_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint_checking_credentials() -> Iterator[str]:
+    """An S3 server that checks credentials from the first request (moto's IAM mode), so wrong
+    keys are refused as a real S3 refuses them."""
+    with _moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
+        yield url
 
 
 @pytest.fixture

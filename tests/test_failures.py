@@ -79,6 +79,20 @@ def test_an_unusable_store_is_one_line_and_exit_4_in_every_command(tmp_path, s3_
     assert not (tmp_path / "no-store").exists()  # a reader does not make the root it was asked about
 
 
+def test_refused_credentials_are_one_line_and_exit_4_in_every_command(tmp_path, s3_endpoint_checking_credentials):
+    images, vocab = _images(tmp_path), tmp_path / "v.txt"
+    vocab.write_text("cat\ndog\n")
+    url = "s3://team-bucket/store"
+    cases = [["segment", str(images), "--vocab", str(vocab), "--out", str(tmp_path / "o"), "--store", url, *TINY],
+             ["encode", str(vocab), "--store", url, *TINY], ["store", "check", url], ["store", "ls", url],
+             ["describe", "--show", "cat", "--cache", url]]
+    env = {**aws_env(s3_endpoint_checking_credentials), "AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    for args, (code, output, torch_loaded) in zip(cases, _in_one_interpreter(cases, env), strict=True):
+        assert code == STORAGE and "ACCESS_DENIED" in output, (args, code, output)
+        assert "Traceback" not in output and len(output.strip().splitlines()) == 1, (args, output)
+        assert "wrong" not in output and not torch_loaded, args  # no credentials in the message
+
+
 def test_a_read_only_output_folder_is_one_line_and_exit_4(tmp_path):
     disk = tmp_path / "ro"
     mount_tmpfs(disk, "1m", read_only=True)

@@ -129,7 +129,7 @@ def open_root(url: str | Path, *, create: bool = True) -> StoreRoot:
             bucket = fs.get_file_info(parsed.netloc)
             missing = not create and base != parsed.netloc and fs.get_file_info(base).type == pafs.FileType.NotFound
         except OSError as err:
-            raise StoreError(f"cannot reach {text}: {first_line(err)}") from None
+            raise StoreError(f"cannot use {text}: {first_line(err)}") from None
         if bucket.type == pafs.FileType.NotFound:
             raise StoreError(f"{text}: the bucket {parsed.netloc!r} does not exist")
         if missing:
