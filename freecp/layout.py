@@ -169,8 +169,8 @@ def _migrate_layout_1(out_dir: Path) -> int:
                 continue
             new = output_paths(out_dir, record["path"])
             for field, target in (("mask", new.mask), ("overlay", new.overlay)):
-                old = contained(out_dir, record.get(field) or ".")
-                if record.get(field) and old.is_file() and old != target:
+                old = contained(out_dir, record[field]) if record.get(field) else None
+                if old is not None and old.is_file() and old != target:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     old.replace(target)
                 record[field] = target.relative_to(out_dir).as_posix()

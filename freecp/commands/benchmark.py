@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from freecp.commands import options as opt
+from freecp.commands import exits, options as opt
 from freecp.commands.progress import progress_bars
 from freecp.commands.segment import print_summary
+from freecp.commands.text import shown
 from freecp.evaluate import DATASET_LAYOUTS
 from freecp.jobs import SegmentJob
 
@@ -36,7 +37,8 @@ def benchmark(
     from freecp.benchmark import REPORT_JSON, REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
     from freecp.clip import WeightsUnavailableError
     from freecp.evaluate import EvaluationError
-    from freecp.stores.fs import StoreError
+    from freecp.layout import DiskFullError, UnwritableOutputError
+    from freecp.stores.fs import StoreError, StoreUnusableError
     from freecp.vocab import VocabularyError, load_vocabulary
 
     try:
@@ -45,15 +47,23 @@ def benchmark(
         segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), settings, console)
         with progress_bars() as on_progress:
             report, summary = run_benchmark(segmenter, split, out, job.clip.weights, on_progress)
+    except DiskFullError as err:
+        _error(err, exits.DISK_FULL)
+    except (StoreUnusableError, UnwritableOutputError) as err:
+        _error(err, exits.STORAGE)
     except (BenchmarkError, EvaluationError, VocabularyError, WeightsUnavailableError, StoreError,
             FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+        _error(err, exits.BAD_INPUT)
     print_summary(summary, out)
     _print_comparison(report)
     console.print(f"report: {out / REPORT_MARKDOWN} (per class) and {out / REPORT_JSON}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _error(err: BaseException, code: int) -> None:
+    console.print(f"[red]error:[/] {shown(str(err))}")
+    raise typer.Exit(code) from None
 
 
 def _print_comparison(report: dict) -> None:
@@ -81,8 +91,7 @@ def benchmark_table(
     try:
         table = render_table(find_reports(runs))
     except (BenchmarkError, OSError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+        _error(err, exits.BAD_INPUT)
     typer.echo(table, nl=False)
 
 

@@ -48,14 +48,14 @@ def _user_errors() -> Iterator[None]:
     from freecp.describe.client import LLMError
     from freecp.describe.convert import ConversionError
     from freecp.describe.prompts import PromptError
-    from freecp.stores.fs import StoreError
+    from freecp.stores.fs import StoreError, StoreUnusableError
     from freecp.vocab import VocabularyError
 
-    user_errors = (VocabularyError, LLMError, BatchFormatError, PromptError, ConversionError, ValueError)
+    user_errors = (VocabularyError, LLMError, StoreError, BatchFormatError, PromptError, ConversionError, ValueError)
     previous = signal.signal(signal.SIGTERM, stopping.raise_terminated)
     try:
         yield
-    except StoreError as error:
+    except StoreUnusableError as error:
         err.print(f"[red]error:[/] {shown(str(error))}", highlight=False)
         raise typer.Exit(exits.STORAGE) from None
     except user_errors as error:

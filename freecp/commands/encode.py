@@ -32,13 +32,13 @@ def _user_errors() -> Iterator[None]:
     """Turn expected failures (bad input, missing weights; an unusable or unreachable store: exit
     4) into one message."""
     from freecp.clip import WeightsUnavailableError
-    from freecp.stores.fs import StoreError, first_line
+    from freecp.stores.fs import StoreError, StoreUnusableError, first_line
 
     try:
         yield
-    except (StoreError, OSError) as err:
+    except (StoreUnusableError, OSError) as err:
         _error_line(first_line(err), exits.STORAGE)
-    except (WeightsUnavailableError, ValueError) as err:
+    except (StoreError, WeightsUnavailableError, ValueError) as err:
         _error_line(str(err), exits.SOME_FAILED)
 
 

@@ -33,7 +33,7 @@ def segment(
     """
     from freecp.device import DeviceError, parse_device
     from freecp.layout import DiskFullError, LayoutError, UnwritableOutputError, prepare_output
-    from freecp.stores.fs import StoreError, open_root
+    from freecp.stores.fs import StoreUnusableError, open_root
     from freecp.vocab import VocabularyError, load_vocabulary
 
     try:  # everything the user can get wrong is checked here, before torch is imported
@@ -50,7 +50,7 @@ def segment(
             open_root(job.segment.store)  # the bucket exists and answers these credentials
     except DiskFullError as err:
         _fail(err, code=exits.DISK_FULL)
-    except (UnwritableOutputError, StoreError) as err:
+    except (UnwritableOutputError, StoreUnusableError) as err:
         _fail(err, code=exits.STORAGE)
     except (VocabularyError, DeviceError, LayoutError, FileNotFoundError, ValueError, OSError) as err:
         _fail(err)
@@ -67,7 +67,7 @@ def _segment(images: Path, out: Path, vocabulary, settings, job: FolderJob) -> N
     from freecp.clip import WeightsUnavailableError
     from freecp.device import DeviceError, check_device
     from freecp.pipeline import DiskFullError, segment_folder
-    from freecp.stores.fs import StoreError
+    from freecp.stores.fs import StoreError, StoreUnusableError
     from freecp.vocab import VocabularyError
 
     try:
@@ -75,9 +75,9 @@ def _segment(images: Path, out: Path, vocabulary, settings, job: FolderJob) -> N
         segmenter = opt.open_segmenter(job.segment, vocabulary, settings, console)
         with progress_bars() as on_progress:
             summary = segment_folder(segmenter, images, out, on_progress, follow_symlinks=job.follow_symlinks)
-    except StoreError as err:
+    except StoreUnusableError as err:
         _fail(err, code=exits.STORAGE)
-    except (VocabularyError, DeviceError, WeightsUnavailableError, FileNotFoundError, ValueError) as err:
+    except (VocabularyError, DeviceError, WeightsUnavailableError, StoreError, FileNotFoundError, ValueError) as err:
         _fail(err)
     except DiskFullError as err:
         print_summary(err.summary, out)

@@ -19,14 +19,17 @@ def store_check(
     """Read every file of an embedding store and of a description cache; exit 1 if any is bad
     (and still in place: without --quarantine), 4 if the store cannot be read (no such root)."""
     from freecp.stores.check import check_store
-    from freecp.stores.fs import StoreError, first_line
+    from freecp.stores.fs import StoreError, StoreUnusableError, first_line
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         report = check_store(url, quarantine=quarantine)
-    except (StoreError, OSError) as err:
+    except (StoreUnusableError, OSError) as err:
         console.print(f"[red]error:[/] {shown(first_line(err))}")
         raise typer.Exit(exits.STORAGE) from None
+    except StoreError as err:
+        console.print(f"[red]error:[/] {shown(first_line(err))}")
+        raise typer.Exit(exits.BAD_INPUT) from None
     for bad in report.bad:
         moved = f" -> moved to {bad.quarantined_to}" if bad.quarantined_to else ""
         console.print(f"[red]bad[/] {shown(bad.path)}: {shown(bad.reason)}{shown(moved)}")

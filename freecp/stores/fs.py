@@ -31,6 +31,11 @@ class StoreError(RuntimeError):
     """A store that cannot be reached or read; the message says which and why."""
 
 
+class StoreUnusableError(StoreError):
+    """The store cannot be used at all (no such bucket or root, credentials refused, unreachable,
+    not writable, an unsupported URL), as opposed to what it holds not serving a request."""
+
+
 @dataclass(frozen=True)
 class StoreRoot:
     """A filesystem and a base path inside it; every store path is relative to the base."""
@@ -88,13 +93,13 @@ class StoreRoot:
 
     def check_writable(self) -> None:
         """Write and remove a small probe file, so a store that refuses writes (credentials,
-        permissions, a full disk) fails before any heavy work, with ``StoreError``."""
+        permissions, a full disk) fails before any heavy work, with ``StoreUnusableError``."""
         probe = temp_name()
         try:
             self.write_bytes(probe, b"freecp write check")
             self.delete(probe)
         except OSError as err:
-            raise StoreError(f"cannot write to {self.url}: {first_line(err)}") from None
+            raise StoreUnusableError(f"cannot write to {self.url}: {first_line(err)}") from None
 
 
 QUARANTINE_DIR = "quarantine"  # `freecp store check --quarantine` moves unreadable files here
@@ -118,7 +123,7 @@ def open_root(url: str | Path, *, create: bool = True) -> StoreRoot:
     parsed = urlparse(text)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise StoreError(f"{text!r}: an s3 URL needs a bucket, as in s3://bucket/prefix")
+            raise StoreUnusableError(f"{text!r}: an s3 URL needs a bucket, as in s3://bucket/prefix")
         fs = pafs.S3FileSystem(
             endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
             region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
@@ -129,21 +134,21 @@ def open_root(url: str | Path, *, create: bool = True) -> StoreRoot:
             bucket = fs.get_file_info(parsed.netloc)
             missing = not create and base != parsed.netloc and fs.get_file_info(base).type == pafs.FileType.NotFound
         except OSError as err:
-            raise StoreError(f"cannot use {text}: {first_line(err)}") from None
+            raise StoreUnusableError(f"cannot use {text}: {first_line(err)}") from None
         if bucket.type == pafs.FileType.NotFound:
-            raise StoreError(f"{text}: the bucket {parsed.netloc!r} does not exist")
+            raise StoreUnusableError(f"{text}: the bucket {parsed.netloc!r} does not exist")
         if missing:
-            raise StoreError(f"{text}: no store there (nothing under that prefix)")
+            raise StoreUnusableError(f"{text}: no store there (nothing under that prefix)")
         return StoreRoot(fs=fs, base=base, url=text)
     if parsed.scheme not in ("", "file"):
-        raise StoreError(f"{text!r}: unsupported store URL; use a local path or s3://bucket/prefix")
+        raise StoreUnusableError(f"{text!r}: unsupported store URL; use a local path or s3://bucket/prefix")
     local = Path(parsed.path if parsed.scheme == "file" else text).expanduser().resolve()
     if not create and not local.is_dir():
-        raise StoreError(f"{text}: no store there (the folder does not exist)")
+        raise StoreUnusableError(f"{text}: no store there (the folder does not exist)")
     try:
         local.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise StoreError(f"cannot make the store folder {local}: {first_line(err)}") from None
+        raise StoreUnusableError(f"cannot make the store folder {local}: {first_line(err)}") from None
     return StoreRoot(fs=pafs.LocalFileSystem(), base=local.as_posix(), url=str(local))
 
 
