@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from freecp.cli import app
 from tests.fixtures_s3 import aws_env
-from tests.mounts import mount_tmpfs, unmount
+from tests.cli_runs import in_one_interpreter
+from tests.mounts import tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
@@ -33,25 +33,6 @@ def _images(tmp_path: Path) -> Path:
     images.mkdir()
     Image.new("RGB", (16, 16)).save(images / "x.png")
     return images
-
-
-def _in_one_interpreter(cases: list[list[str]], env: dict[str, str]) -> list[tuple[int, str, bool]]:
-    """Run each command line with Typer's runner in one fresh interpreter; each result says
-    whether torch had been imported by then (heavy work means torch)."""
-    script = (
-        "import json, sys\n"
-        "from typer.testing import CliRunner\n"
-        "from freecp.cli import app\n"
-        "out = []\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    r = CliRunner().invoke(app, args)\n"
-        "    out.append([r.exit_code, r.output, 'torch' in sys.modules])\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
-    assert proc.returncode == 0, proc.stderr
-    return [tuple(result) for result in json.loads(proc.stdout)]
 
 
 def test_an_unusable_store_is_one_line_and_exit_4_in_every_command(tmp_path, s3_endpoint, s3_bucket):
@@ -71,7 +52,7 @@ def test_an_unusable_store_is_one_line_and_exit_4_in_every_command(tmp_path, s3_
         (["store", "ls", f"{s3_bucket}/no-prefix"], "no store there"),
         (["encode", str(vocab), "--store", "ftp://host/x", *TINY], "unsupported store URL"),
     ]
-    results = _in_one_interpreter([args for args, _ in cases], aws_env(s3_endpoint))
+    results = in_one_interpreter([args for args, _ in cases], aws_env(s3_endpoint))
     for (args, expected), (code, output, torch_loaded) in zip(cases, results, strict=True):
         assert code == STORAGE and expected in output, (args, code, output)
         assert "Traceback" not in output and len(output.strip().splitlines()) == 1, (args, output)
@@ -87,30 +68,26 @@ def test_refused_credentials_are_one_line_and_exit_4_in_every_command(tmp_path, 
              ["encode", str(vocab), "--store", url, *TINY], ["store", "check", url], ["store", "ls", url],
              ["describe", "--show", "cat", "--cache", url]]
     env = {**aws_env(s3_endpoint_checking_credentials), "AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}
-    for args, (code, output, torch_loaded) in zip(cases, _in_one_interpreter(cases, env), strict=True):
+    for args, (code, output, torch_loaded) in zip(cases, in_one_interpreter(cases, env), strict=True):
         assert code == STORAGE and "ACCESS_DENIED" in output, (args, code, output)
         assert "Traceback" not in output and len(output.strip().splitlines()) == 1, (args, output)
         assert "wrong" not in output and not torch_loaded, args  # no credentials in the message
 
 
+def _segment_into(tmp_path: Path, out: Path):
+    return CliRunner().invoke(app, ["segment", str(_images(tmp_path)), "--vocab", "voc20", "--out", str(out), *TINY])
+
+
 def test_a_read_only_output_folder_is_one_line_and_exit_4(tmp_path):
-    disk = tmp_path / "ro"
-    mount_tmpfs(disk, "1m", read_only=True)
-    try:
-        result = CliRunner().invoke(app, ["segment", str(_images(tmp_path)), "--vocab", "voc20", "--out",
-                                          str(disk), *TINY])
-    finally:
-        unmount(disk)
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
+        result = _segment_into(tmp_path, disk)
     assert result.exit_code == STORAGE, result.output
     assert "cannot write to --out" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_a_disk_full_before_the_run_is_one_line_and_exit_3(tmp_path):
-    disk = tmp_path / "full"
-    mount_tmpfs(disk, "256k")
-    try:
-        out = disk / "out"
-        out.mkdir()
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        (disk / "out").mkdir()
         filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
         try:
             while os.write(filler, b"\0" * 4096):
@@ -119,10 +96,7 @@ def test_a_disk_full_before_the_run_is_one_line_and_exit_3(tmp_path):
             pass  # ENOSPC: the disk is full now
         finally:
             os.close(filler)
-        result = CliRunner().invoke(app, ["segment", str(_images(tmp_path)), "--vocab", "voc20", "--out",
-                                          str(out), *TINY])
-    finally:
-        unmount(disk)
+        result = _segment_into(tmp_path, disk / "out")
     assert result.exit_code == DISK_FULL, result.output
     assert "disk is full" in result.output and len(result.output.strip().splitlines()) == 1
 

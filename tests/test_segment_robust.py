@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from freecp.cli import app
 from freecp.layout import LAYOUT_FILE, prepare_output
-from tests.mounts import mount_tmpfs, unmount
+from tests.cli_runs import in_one_interpreter
+from tests.mounts import tmpfs
 
 TINY = ["--model", "freecp-tiny", "--pretrained", "none"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,26 +105,14 @@ def test_bad_options_and_inputs_are_one_line_before_torch_is_imported(tmp_path):
     _image(images / "x.png", 20, 20)
     bad_vocab = tmp_path / "v.txt"
     bad_vocab.write_text("cat\n\ndog\n")
-    cases = [([str(images), "--vocab", "voc20", *extra], expected) for extra, expected in CHECKS]
-    cases += [([str(images), "--vocab", str(bad_vocab)], "line 2: blank line"),
-              ([str(tmp_path / "missing"), "--vocab", "voc20"], "does not exist"),
-              ([str(images), "--vocab", "voc20", "--out", str(images / "x.png")], "is a file, not a folder")]
-    script = (
-        "import json, sys\n"
-        "from typer.testing import CliRunner\n"
-        "from freecp.cli import app\n"
-        "out = []\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    if '--out' not in args: args = args + ['--out', sys.argv[2]]\n"
-        "    r = CliRunner().invoke(app, ['segment', *args])\n"
-        "    out.append([r.exit_code, r.output, 'torch' in sys.modules])\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps([args for args, _ in cases]), str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr
-    for (args, expected), (code, output, torch_loaded) in zip(cases, json.loads(proc.stdout), strict=True):
+    out = str(tmp_path / "o")
+    cases = [(["segment", str(images), "--vocab", "voc20", "--out", out, *extra], expected)
+             for extra, expected in CHECKS]
+    cases += [(["segment", str(images), "--vocab", str(bad_vocab), "--out", out], "line 2: blank line"),
+              (["segment", str(tmp_path / "missing"), "--vocab", "voc20", "--out", out], "does not exist"),
+              (["segment", str(images), "--vocab", "voc20", "--out", str(images / "x.png")], "is a file, not a folder")]
+    results = in_one_interpreter([args for args, _ in cases], dict(os.environ))
+    for (args, expected), (code, output, torch_loaded) in zip(cases, results, strict=True):
         assert code == 2 and expected in output, (args, output)
         assert "Traceback" not in output and len(output.strip().splitlines()) == 1, output
         assert not torch_loaded, args
@@ -173,8 +162,7 @@ def test_a_full_disk_stops_the_run_with_one_message_and_the_index(tmp_path, stor
     _image(images / "a_small.png", 40, 40)
     _image(images / "b_big.png", 1200, 1200)  # its noise overlay does not fit what is left
     _image(images / "c_small.png", 40, 40)
-    mount_tmpfs(disk, "512k")
-    try:
+    with tmpfs(disk, "512k"):
         out = disk / "out"
         result = run("segment", images, "--vocab", "voc20", "--out", out, "--store", store, *TINY)
         assert result.exit_code == 3, result.output
@@ -183,8 +171,6 @@ def test_a_full_disk_stops_the_run_with_one_message_and_the_index(tmp_path, stor
         assert list(rows) == ["a_small.png"] and rows["a_small.png"]["status"] == "done"
         written = sorted(p.name for p in out.rglob("*") if p.is_file())
         assert not [n for n in written if n.startswith(("b_big", "c_small", ".tmp-"))], written
-    finally:
-        unmount(disk)
 
 
 @pytest.mark.parametrize(("stop", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
