@@ -160,7 +160,8 @@ def build_segmenter(vocab: Vocabulary, *, model: str = ClipModel.model, pretrain
     activation of a checkpoint (None: detect, see ``freecp.clip.activation``)."""
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu)
+                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu,
+                             float_order=settings.float_order)
     if cut := names_cut_by_context(backbone.tokenizer, vocab.queries):
         log.warning("%d class names are longer than the text tower's %d tokens and are cut short "
                     "(names cut alike get the same vector): %s", len(cut),
