@@ -11,6 +11,7 @@ this weights request (``freecp.clip.keys``; the first run of a request builds th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -25,7 +26,10 @@ from freecp.settings import check_float_order
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import CLASS, DESCRIPTION, EmbeddingStore, EncodeSummary, unique_means
 from freecp.templates import IMAGENET_TEMPLATES
+from freecp.text_keys import float_order_of
 from freecp.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch loads only where vectors are computed or become tensors
     import torch
@@ -86,6 +90,10 @@ def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncod
     started = time.monotonic()
     dim = int(backbone.embed_dim)
     plan = store.plan(vocab, backbone.text_key, dim, descriptions)
+    if (plan.new_classes or plan.new_descriptions) and (bare := store.unrecorded_twin(plan.key)):
+        log.warning("%s holds vectors of %s from a text tower nobody recorded (written before float orders "
+                    "were); they are not reused: encoding %s once under float order %r", store.url, bare,
+                    vocab.name, float_order_of(plan.key))
     writer = store.writer(plan, dim)
     fresh: dict[str, np.ndarray] = {}
     names_per_call = max(1, round(batch_size / len(IMAGENET_TEMPLATES)))

@@ -1,18 +1,26 @@
 """The float-order switch: ``fast`` (the default) and ``reference`` compute the same functions
 in different float32 summation orders, so on the tiny model they agree to rounding and make the
-same decisions, while the settings hash and the store's text key keep them apart."""
+same decisions, while the settings hash and the store's text key keep them apart, and vectors
+stored before the switch existed are never served as either."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from freecp.cli import app
 from freecp.clip import ClipBackbone, embed_vocabulary
 from freecp.clip.keys import weights_request
+from freecp.encoding import encode_vocabulary, ensure_encoded, load_embeddings
 from freecp.refine import propagate
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
+from freecp.stores.embeddings import EmbeddingStore, MissingEmbeddingsError
 from freecp.text_keys import float_order_of, model_key_of, text_key
 from freecp.vocab import load_vocabulary
 from tests.fixtures_clip import one_torch_thread
@@ -89,3 +97,43 @@ def test_a_segmenter_refuses_a_backbone_of_the_other_order(tiny_backbone, tiny_v
     with pytest.raises(ValueError, match="float order 'fast', the settings ask for 'reference'"):
         Segmenter(tiny_backbone, load_vocabulary("voc21"), tiny_voc21_embeddings,
                   SegmentSettings(float_order="reference"))
+
+
+class _UnrecordedTower:
+    """What the store was given before float orders existed: vectors filed under the bare model
+    key (here from the reference path, as the last such version computed them)."""
+
+    def __init__(self, backbone: ClipBackbone) -> None:
+        self.backbone, self.text_key, self.embed_dim = backbone, backbone.model_key, backbone.embed_dim
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        return self.backbone.encode_texts(texts, batch_size)
+
+
+def test_a_store_written_before_float_orders_is_named_by_store_check_and_encoded_once_more(
+        tmp_path, tiny_backbone, caplog) -> None:
+    vocab = load_vocabulary(["background: sky", "cat, kitten", "dog"])
+    url = str(tmp_path / "store")
+    with one_torch_thread():
+        ensure_encoded(EmbeddingStore(url), vocab, _UnrecordedTower(_reference(tiny_backbone)))
+    old_request = weights_request("freecp-tiny", None).replace("|float_order=fast", "")
+    EmbeddingStore(url).remember_key(old_request, tiny_backbone.model_key)
+
+    check = CliRunner().invoke(app, ["store", "check", url])
+    assert check.exit_code == 0, check.output
+    assert f"unrecorded text path {tiny_backbone.model_key}:" in check.output
+    with pytest.raises(MissingEmbeddingsError, match=r"nobody recorded.*not reused as 'fast'.*--float-order fast"):
+        load_embeddings(EmbeddingStore(url), vocab, tiny_backbone)
+
+    with one_torch_thread(), caplog.at_level("WARNING", logger="freecp.encoding"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random weights, as asked
+        first = encode_vocabulary(vocab, store=url, model="freecp-tiny", pretrained="none")
+        second = encode_vocabulary(vocab, store=url, model="freecp-tiny", pretrained="none")
+        fresh = embed_vocabulary(tiny_backbone, vocab).queries
+    lines = [r.getMessage() for r in caplog.records if "nobody recorded" in r.getMessage()]
+    assert len(lines) == 1 and "encoding inline once under float order 'fast'" in lines[0]
+    assert first.model_loaded and first.classes_encoded == len(set(vocab.queries))
+    assert not second.model_loaded and second.classes_encoded == 0
+    assert torch.equal(load_embeddings(EmbeddingStore(url), vocab, tiny_backbone).queries, fresh)
+    legacy = load_embeddings(EmbeddingStore(url), vocab, tiny_backbone.model_key).queries
+    assert not torch.equal(legacy, fresh)  # the old vectors are still there, and never served as 'fast'
