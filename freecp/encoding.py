@@ -22,12 +22,13 @@ from freecp.backbones import TextEncoder
 from freecp.clip.keys import weights_request
 from freecp.jobs import ClipModel, EncodeJob
 from freecp.progress import ProgressCallback
+from freecp.resources import shipped_description_cache
 from freecp.settings import check_float_order
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import CLASS, DESCRIPTION, EmbeddingStore, EncodeSummary, unique_means
 from freecp.templates import IMAGENET_TEMPLATES
 from freecp.text_keys import float_order_of
-from freecp.vocab import Vocabulary
+from freecp.vocab import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,16 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model:
     summary = ensure_encoded(embeddings, vocab, backbone, texts, on_progress=on_progress, batch_size=batch_size)
     embeddings.remember_key(request, backbone.text_key)
     return summary
+
+
+def shipped_descriptions(vocab: Vocabulary) -> dict[str, list[str]] | None:
+    """The descriptions freecp ships for ``vocab`` when it is a shipped vocabulary that has a
+    description cache (``samples``, so the first command's AP scores crops against descriptions
+    offline), else None."""
+    folder = shipped_description_cache(vocab.name)
+    if folder is None or vocab.content_hash != load_vocabulary(vocab.name).content_hash:
+        return None
+    return DescriptionCache(str(folder)).descriptions_for(vocab)
 
 
 def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncoder,

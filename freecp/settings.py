@@ -105,7 +105,7 @@ class SegmentSettings:
         return hashlib.sha256(json.dumps(self.output_fields(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Reference thresholds and geometry per benchmark vocabulary (ALGORITHM.md section 5).
+# Reference thresholds and geometry per benchmark vocabulary (ALGORITHM.md section 5), and the samples'.
 PRESETS: dict[str, dict[str, Any]] = {
     "voc21": dict(rp_threshold=0.15, ap_threshold=0.8),
     "context60": dict(rp_threshold=0.10, ap_threshold=0.7),
@@ -115,6 +115,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "coco_stuff": dict(rp_threshold=0.05, ap_threshold=0.7),
     "ade150": dict(rp_threshold=0.05, ap_threshold=0.7),
     "cityscapes": dict(rp_threshold=0.10, ap_threshold=0.8, short_side=560, window=224, stride=112),
+    # The shipped sample photos (the README's first command, random weights): a 384 short side
+    # (one row of windows per photo, so the command stays short) and an RP threshold at which
+    # random weights keep some of the 7 classes and drop others, so RP and AP both act.
+    "samples": dict(rp_threshold=0.075, ap_threshold=0.8, short_side=384),
 }
 
 
