@@ -126,15 +126,15 @@ class Segmenter:
         missing = [vocab.class_names[k] for k in vocab.foreground_indices
                    if not bool(embeddings.described[k])]
         self.fallback_classes = missing
-        texts = "random-word descriptors" if self.settings.ap_texts == "random" else "descriptions"
+        kind = "random-word descriptor" if self.settings.ap_texts == "random" else "description"
         if self.settings.ap_texts == "names":
             self.ap_targets = "class names (ap-texts names)"
         elif len(missing) == len(vocab.foreground_indices):
-            self.ap_targets = f"class names (no {texts} embeddings)"
+            self.ap_targets = f"class names (no {kind} embeddings)"
         elif missing:
-            self.ap_targets = f"{texts}; class names for {len(missing)} classes without any"
+            self.ap_targets = f"{kind}s; class names for {len(missing)} classes without any"
         else:
-            self.ap_targets = texts
+            self.ap_targets = f"{kind}s"
 
     # ------------------------------------------------------------------ public
     def prepare(self, image: np.ndarray) -> PreparedImage:
