@@ -61,22 +61,32 @@ def local_affinity(image: torch.Tensor, dilations: Sequence[int], budget: int = 
 
 def propagate(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilations: Sequence[int],
               budget: int = PAMR_WORK_BYTES) -> torch.Tensor:
-    """``steps`` rounds of replacing each map by its affinity-weighted neighbour average."""
+    """``steps`` rounds of replacing each map by its affinity-weighted neighbour average.
+
+    The weighted neighbour values of a chunk of classes and a band of rows go into one buffer,
+    allocated once and reused (fresh large temporaries at every step cost more than the sums).
+    """
     classes, height, width = scores.shape
     reach = max(dilations)
     neighbours = len(affinity)
-    per_class_row = 2 * neighbours * width * 4  # the neighbour stack and its weighted copy
-    rows_of_classes = max(1, budget // per_class_row)
+    rows_of_classes = max(1, budget // (neighbours * width * 4))
     chunk = max(1, min(classes, rows_of_classes // height))
-    band = height if chunk > 1 else rows_of_classes
+    bands = list(_bands(height, width, height if chunk > 1 else rows_of_classes))
+    shifts = [(dy * d, dx * d) for d in dilations for dy, dx in _NEIGHBOURS]
+    buffer = torch.empty(chunk * neighbours * max(bottom - top for top, bottom in bands) * width)
     current = scores.contiguous()
     for _ in range(steps):
         following = torch.empty_like(current)
         for first in range(0, classes, chunk):
             padded = _pad(current[first:first + chunk], reach)
-            for top, bottom in _bands(height, width, band):
-                stack = _shifted(padded, reach, top, bottom, width, dilations, _NEIGHBOURS)  # [k, P, h, w]
-                following[first:first + chunk, top:bottom] = (stack * affinity[None, :, top:bottom]).sum(dim=1)
+            count = len(padded)
+            for top, bottom in bands:
+                weighted = buffer[:count * neighbours * (bottom - top) * width].view(
+                    count, neighbours, bottom - top, width)
+                for n, (dy, dx) in enumerate(shifts):
+                    torch.mul(padded[:, reach + top + dy:reach + bottom + dy, reach + dx:reach + dx + width],
+                              affinity[n, top:bottom], out=weighted[:, n])
+                following[first:first + count, top:bottom] = weighted.sum(dim=1)
         current = following
     return current
 
