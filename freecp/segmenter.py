@@ -27,7 +27,7 @@ from freecp.ap_texts import for_ap_texts
 from freecp.backbones import Backbone
 from freecp.cam import class_maps, global_minmax, query_softmax, select_classes
 from freecp.clip.text import ClassEmbeddings
-from freecp.pamr import pamr
+from freecp.pamr import local_affinity, propagate
 from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
 from freecp.refine import affinity_transition, refine
 from freecp.settings import SegmentSettings
@@ -411,14 +411,16 @@ class Segmenter:
         the background (class 0) scores 1 - max over the classes. Classes are composed in chunks so
         memory stays bounded for large vocabularies.
         """
+        s = self.settings
+        weights = None if guide is None else local_affinity(guide, s.pamr_dilations)  # PAMR's, once per image
         best = torch.full(original, -1.0)
         label = torch.zeros(original, dtype=torch.long)
         scores = np.zeros(len(self.vocab), dtype=np.float32)
         for start in range(0, maps.shape[1], COMPOSE_CHUNK):
             chunk = classes[start:start + COMPOSE_CHUNK]
             composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original, windows.valid)
-            if guide is not None:
-                composed = pamr(guide, composed, self.settings.pamr_steps, self.settings.pamr_dilations)
+            if weights is not None:
+                composed = propagate(composed, weights, s.pamr_steps, s.pamr_dilations)
             scores[chunk.numpy()] = composed.flatten(1).amax(1).numpy()
             top, arg = composed.max(dim=0)
             better = top > best

@@ -137,7 +137,7 @@ def test_pamr_out_of_memory_keeps_the_image_and_says_so(tiny_backbone, tiny_voc2
 
     with one_torch_thread():
         plain = Segmenter(tiny_backbone, vocab, tiny_voc21_embeddings, settings).segment(image)
-        monkeypatch.setattr(segmenter_module, "pamr", exhausted)
+        monkeypatch.setattr(segmenter_module, "propagate", exhausted)
         refused = Segmenter(tiny_backbone, vocab, tiny_voc21_embeddings, settings.replace(pamr=True)).segment(image)
     assert plain.pamr == "off" and refused.pamr == "skipped: out of memory"
     assert np.array_equal(plain.labels, refused.labels)
