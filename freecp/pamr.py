@@ -48,7 +48,7 @@ def local_affinity(image: torch.Tensor, dilations: Sequence[int], budget: int = 
     reach = max(dilations)
     padded = _pad(image.float(), reach)
     per_row = 4 * width * channels * len(_GRID) * len(dilations) * 4  # neighbour stacks and their temporaries
-    out = torch.empty(len(_NEIGHBOURS) * len(dilations), height, width)
+    out = torch.empty(len(_NEIGHBOURS) * len(dilations), height, width, device=image.device)
     for top, bottom in _bands(height, width, budget // per_row):
         centre = padded[:, reach + top:reach + bottom, reach:reach + width]
         grid = _shifted(padded, reach, top, bottom, width, dilations, _GRID)            # [C, 9D, h, w]
@@ -73,7 +73,8 @@ def propagate(scores: torch.Tensor, affinity: torch.Tensor, steps: int, dilation
     chunk = max(1, min(classes, rows_of_classes // height))
     bands = list(_bands(height, width, height if chunk > 1 else rows_of_classes))
     shifts = [(dy * d, dx * d) for d in dilations for dy, dx in _NEIGHBOURS]
-    buffer = torch.empty(chunk * neighbours * max(bottom - top for top, bottom in bands) * width)
+    buffer = torch.empty(chunk * neighbours * max(bottom - top for top, bottom in bands) * width,
+                         device=scores.device)
     current = scores.contiguous()
     for _ in range(steps):
         following = torch.empty_like(current)

@@ -3,7 +3,8 @@
 One call runs the whole method on one image (ALGORITHM.md sections 2-6):
 resize and normalise -> sliding windows -> one batched dense forward (attention captured) ->
 CAM -> refinement -> redundancy purification -> ambiguity purification (crops of all groups in
-one batch) -> composition of the surviving maps -> label map at the original size.
+one batch) -> composition of the surviving maps (refined with PAMR when the settings ask) -> label
+map at the original size.
 ``segment_batch`` runs the same stages for several images at once, with the windows of all of
 them sharing backbone calls and their AP crops sharing one crop-encoder call.
 """
