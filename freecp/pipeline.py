@@ -69,6 +69,8 @@ INDEX_SCHEMA = pa.schema([
     ("ambiguity_groups", pa.string()),
     ("ap_targets", pa.string()),
     ("ap_fallback_classes", pa.list_(pa.string())),
+    ("ap_texts", pa.string()),
+    ("pamr", pa.string()),
     ("seconds", pa.float64()),
     ("content_hash", pa.string()),
     ("run_key", pa.string()),
@@ -93,6 +95,8 @@ class ImageRecord:
     ambiguity_groups: list[dict] = field(default_factory=list)
     ap_targets: str = ""
     ap_fallback_classes: list[str] = field(default_factory=list)
+    ap_texts: str = ""     # what AP was asked to score crops against (settings.ap_texts)
+    pamr: str = ""         # off, applied, or skipped: <why> (Segmentation.pamr)
     seconds: float = 0.0
     content_hash: str = ""
     run_key: str = ""
@@ -177,7 +181,8 @@ def build_segmenter(vocab: Vocabulary, *, model: str = ClipModel.model, pretrain
             if shipped and embedding_store.inspect(vocab, backbone.text_key).described:
                 shipped = None
             ensure_encoded(embedding_store, vocab, backbone, shipped, on_progress=on_progress)
-        embeddings = load_embeddings(embedding_store, vocab, backbone)
+        embeddings = load_embeddings(embedding_store, vocab, backbone,
+                                     description_counts=settings.ap_texts == "random")
     log.info("segmenter ready: CLIP %s, vocabulary %s (%d classes), text embeddings from %s",
              backbone.model_key, vocab.name, len(vocab), store or "a fresh encoding")
     return Segmenter(backbone, vocab, embeddings, settings)
@@ -334,12 +339,14 @@ def _fill(record: ImageRecord, image, result: Segmentation, segmenter: Segmenter
     record.status = "done"
     record.height, record.width = image.shape[:2]
     record.classes_present = result.classes_present(segmenter.vocab)
+    record.pamr = result.pamr
     if result.report is not None:
         record.rp_scores = result.report.rp_scores
         record.removed_classes = result.report.removed
         record.ambiguity_groups = result.report.groups
         record.ap_targets = result.report.ap_targets
         record.ap_fallback_classes = result.report.fallback_classes
+        record.ap_texts = segmenter.settings.ap_texts
 
 
 def _discard_outputs(paths: OutputPaths) -> None:

@@ -3,7 +3,8 @@
 One call runs the whole method on one image (ALGORITHM.md sections 2-6):
 resize and normalise -> sliding windows -> one batched dense forward (attention captured) ->
 CAM -> refinement -> redundancy purification -> ambiguity purification (crops of all groups in
-one batch) -> composition of the surviving maps -> label map at the original size.
+one batch) -> composition of the surviving maps (refined with PAMR when the settings ask) -> label
+map at the original size.
 ``segment_batch`` runs the same stages for several images at once, with the windows of all of
 them sharing backbone calls and their AP crops sharing one crop-encoder call.
 """
@@ -23,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from freecp.ap_texts import for_ap_texts
 from freecp.backbones import Backbone
 from freecp.cam import class_maps, global_minmax, query_softmax, select_classes
 from freecp.clip.text import ClassEmbeddings
+from freecp.pamr import local_affinity, propagate
 from freecp.purify import AmbiguityGroup, plan_ambiguity, resolve_groups, self_consistency
 from freecp.refine import affinity_transition, refine
 from freecp.settings import SegmentSettings
@@ -60,6 +63,7 @@ class Segmentation:
     class_scores: np.ndarray          # [K] float32, each class's peak composed score
     report: PurificationReport | None  # None when purification is off
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    pamr: str = "off"                 # PAMR: "off", "applied", or "skipped: <why>" (maps left as they were)
 
     def classes_present(self, vocab: Vocabulary) -> list[str]:
         names = vocab.class_names
@@ -93,6 +97,7 @@ class PreparedImage:
     size: tuple[int, int]             # the original image's (height, width)
     windows: _Windows
     seconds: float                    # time the preparation took
+    guide: torch.Tensor | None = None  # [3, H, W] the normalised image at its own size, for PAMR
 
 
 @dataclass
@@ -113,7 +118,6 @@ class Segmenter:
                  settings: SegmentSettings | None = None) -> None:
         self.backbone = backbone
         self.vocab = vocab
-        self.embeddings = embeddings
         self.settings = settings or SegmentSettings()
         if getattr(backbone, "float_order", self.settings.float_order) != self.settings.float_order:
             raise ValueError(f"the backbone's text tower runs in float order {backbone.float_order!r}, the settings "
@@ -121,24 +125,29 @@ class Segmenter:
                              f"{self.settings.float_order!r}")
         if len(embeddings.query_class) != len(vocab.queries):
             raise ValueError("text embeddings do not match the vocabulary's names")
+        self.embeddings = embeddings = for_ap_texts(embeddings, vocab, self.settings.ap_texts, backbone)
         self.foreground = torch.tensor(vocab.foreground_indices)
         self.crop_targets = embeddings.crop_targets(len(vocab))
         missing = [vocab.class_names[k] for k in vocab.foreground_indices
                    if not bool(embeddings.described[k])]
         self.fallback_classes = missing
-        if len(missing) == len(vocab.foreground_indices):
-            self.ap_targets = "class names (no description embeddings)"
+        kind = "random-word descriptor" if self.settings.ap_texts == "random" else "description"
+        if self.settings.ap_texts == "names":
+            self.ap_targets = "class names (ap-texts names)"
+        elif len(missing) == len(vocab.foreground_indices):
+            self.ap_targets = f"class names (no {kind} embeddings)"
         elif missing:
-            self.ap_targets = f"descriptions; class names for {len(missing)} classes without any"
+            self.ap_targets = f"{kind}s; class names for {len(missing)} classes without any"
         else:
-            self.ap_targets = "descriptions"
+            self.ap_targets = f"{kind}s"
 
     # ------------------------------------------------------------------ public
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """Resize, normalise and cut an HxWx3 uint8 RGB image into windows (no model involved)."""
         start = time.perf_counter()
         windows = self._windows(self._preprocess(image))
-        return PreparedImage(tuple(image.shape[:2]), windows, time.perf_counter() - start)
+        guide = _normalise(image) if self.settings.pamr else None
+        return PreparedImage(tuple(image.shape[:2]), windows, time.perf_counter() - start, guide)
 
     def segment(self, image: np.ndarray | PreparedImage, trace: SegmentTrace | None = None) -> Segmentation:
         """Label an HxWx3 uint8 RGB image; the label map has the image's own size.
@@ -190,9 +199,9 @@ class Segmenter:
             cams = class_maps(probs, self.embeddings.query_class, len(self.vocab))
         if not s.purify:
             with timer("compose"):
-                labels, scores = self._compose(cams, torch.arange(len(self.vocab)), windows,
-                                               original, background_from_max=False)
-            return Segmentation(labels, scores, None, dict(timer.seconds))
+                labels, scores, refinement = self._final_labels(cams, torch.arange(len(self.vocab)), windows,
+                                                                prepared, background_from_max=False)
+            return Segmentation(labels, scores, None, dict(timer.seconds), refinement)
 
         fg_cams = select_classes(cams, self.foreground)
         with timer("refine"):
@@ -224,13 +233,13 @@ class Segmenter:
         if trace is not None:
             trace.after_ap, trace.groups = scatter_columns(maps, survivors, len(self.foreground)), groups
         with timer("compose"):
-            labels, scores = self._compose(maps, classes, windows, original,
-                                           background_from_max=self.vocab.has_background)
+            labels, scores, refinement = self._final_labels(maps, classes, windows, prepared,
+                                                            background_from_max=self.vocab.has_background)
         if trace is not None:
             trace.scores, trace.score_classes = self._canvas(maps, windows, original), classes
         alive = classes[maps.flatten(2).amax(dim=-1).amax(dim=0) > 0]
         report = self._report(rp_scores, survivors, alive, groups, windows, original)
-        return Segmentation(labels, scores, report, dict(timer.seconds))
+        return Segmentation(labels, scores, report, dict(timer.seconds), refinement)
 
     # ------------------------------------------------------------------ model
     def _serve(self, calls: list[_ModelCall | None]) -> list[Any]:
@@ -293,8 +302,7 @@ class Segmenter:
         factor = min(MAX_LONG_SIDE / max(h, w), self.settings.short_side / min(h, w))
         size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
         resized = cv2.resize(np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
-        return (pixels - CLIP_MEAN) / CLIP_STD
+        return _normalise(resized)
 
     def _windows(self, pixels: torch.Tensor) -> _Windows:
         """Sliding windows; a side shorter than one patch (extreme aspect ratios: the long side is
@@ -385,20 +393,39 @@ class Segmenter:
         return F.interpolate(region, size=size, mode="bilinear", align_corners=False)[0]
 
     # ------------------------------------------------------------ composition
-    def _compose(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows,
-                 original: tuple[int, int], background_from_max: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Average window maps into the image, resize to the original size, take the argmax.
+    def _final_labels(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows, prepared: PreparedImage,
+                      background_from_max: bool) -> tuple[np.ndarray, np.ndarray, str]:
+        """``_compose`` with PAMR when the settings ask for it, and what became of PAMR. Should
+        PAMR run out of memory, the image is composed without it and the result says so."""
+        if prepared.guide is None:
+            return *self._compose(maps, classes, windows, prepared.size, background_from_max), "off"
+        try:
+            composed = self._compose(maps, classes, windows, prepared.size, background_from_max, prepared.guide)
+            return *composed, "applied"
+        except (MemoryError, RuntimeError) as err:
+            if not _out_of_memory(err):
+                raise
+        return *self._compose(maps, classes, windows, prepared.size, background_from_max), "skipped: out of memory"
+
+    def _compose(self, maps: torch.Tensor, classes: torch.Tensor, windows: _Windows, original: tuple[int, int],
+                 background_from_max: bool, guide: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Average window maps into the image, resize to the original size, refine with PAMR along
+        the edges of ``guide`` (when given), take the argmax.
 
         ``maps`` [B, C, h, w] belong to vocabulary indices ``classes``. With ``background_from_max``
         the background (class 0) scores 1 - max over the classes. Classes are composed in chunks so
         memory stays bounded for large vocabularies.
         """
+        s = self.settings
+        weights = None if guide is None else local_affinity(guide, s.pamr_dilations)  # PAMR's, once per image
         best = torch.full(original, -1.0)
         label = torch.zeros(original, dtype=torch.long)
         scores = np.zeros(len(self.vocab), dtype=np.float32)
         for start in range(0, maps.shape[1], COMPOSE_CHUNK):
             chunk = classes[start:start + COMPOSE_CHUNK]
             composed = self._canvas(maps[:, start:start + COMPOSE_CHUNK], windows, original, windows.valid)
+            if weights is not None:
+                composed = propagate(composed, weights, s.pamr_steps, s.pamr_dilations)
             scores[chunk.numpy()] = composed.flatten(1).amax(1).numpy()
             top, arg = composed.max(dim=0)
             better = top > best
@@ -484,6 +511,17 @@ def _linear_resize_matrix(source: int, target: int) -> torch.Tensor:
     bilinear 2-D resizing is this applied along each axis."""
     eye = torch.eye(source)[None]                             # channels = source positions
     return F.interpolate(eye, size=target, mode="linear", align_corners=False)[0].T
+
+
+def _normalise(image: np.ndarray) -> torch.Tensor:
+    """An HxWx3 uint8 RGB image as CLIP's normalised [3, H, W] float32."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    return (pixels - CLIP_MEAN) / CLIP_STD
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (Python's, a device's, or torch's CPU allocator's)."""
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
 
 
 def _device_type(backbone) -> str:

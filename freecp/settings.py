@@ -23,11 +23,13 @@ BoxRule = Literal["contours", "components"]
 # "fast" cuts each text batch to its longest prompt with fused attention and refines all classes
 # in one product; "reference" is the reference's order, bit for bit (the parity suite's).
 FloatOrder = Literal["fast", "reference"]
+ApTexts = Literal["descriptions", "names", "random"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)    # the one list of last-block variants
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 FLOAT_ORDERS: tuple[str, ...] = get_args(FloatOrder)
+AP_TEXTS: tuple[str, ...] = get_args(ApTexts)
 # How a run is carried out, not what it computes: left out of the settings hash.
 RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "workers", "max_pixels")
 
@@ -64,6 +66,12 @@ class SegmentSettings:
     precision: Precision = "fp32"  # model calls in fp32, or autocast to fp16 / bf16 (not exact)
     float_order: FloatOrder = "fast"  # "reference": the reference's float32 sums, bit for bit (slower)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
+    # Beyond the reference (off or at the reference's choice by default):
+    ap_texts: ApTexts = "descriptions"  # AP scores crops against the LLM's descriptions, the class
+                                        # names only, or seeded random-word descriptors (a control)
+    pamr: bool = False                  # refine the final score maps along image edges (freecp.pamr)
+    pamr_steps: int = 10                # PAMR iterations (NACLIP's choice)
+    pamr_dilations: tuple[int, ...] = (8, 16)  # PAMR neighbourhood dilations (NACLIP's choice)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -85,6 +93,13 @@ class SegmentSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         check_float_order(self.float_order)
+        if self.ap_texts not in AP_TEXTS:
+            raise ValueError(f"unknown AP texts {self.ap_texts!r}; choose one of {', '.join(AP_TEXTS)}")
+        if not isinstance(self.pamr_steps, int) or isinstance(self.pamr_steps, bool) or self.pamr_steps < 1:
+            raise ValueError(f"pamr-steps must be a whole number of at least 1, not {self.pamr_steps!r}")
+        if not self.pamr_dilations or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.pamr_dilations):
+            raise ValueError(f"pamr-dilations must be whole numbers of at least 1, not {self.pamr_dilations!r}")
         if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
             raise ValueError(f"prefetch must be a whole number of at least 0, not {self.prefetch!r}")
 

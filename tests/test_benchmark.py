@@ -288,3 +288,27 @@ def test_benchmark_table_puts_the_eight_runs_above_the_published_rows(runs) -> N
     assert "| published: SCLIP + FreeCP (ViT-B/16, OpenAI weights) | 65.8 | 35.3 | 37.2 | 84.3 | 33.3 | 38.0 | " \
            "18.4 | 24.9 | 42.1 |" in lines
     assert invoke("benchmark-table", parent / "nowhere").exit_code == 2
+
+
+def test_an_ablation_runs_every_control_with_and_without_pamr_into_one_table(synthetic_roots, store,
+                                                                           tmp_path) -> None:
+    out = tmp_path / "ablation"
+    result = invoke("benchmark", synthetic_roots["voc21"], "--dataset", "voc21", "--out", out, "--store", store,
+                    *TINY, *GEOMETRY, "--limit", "1", "--compare-ap-texts", "descriptions,names",
+                    "--compare-pamr", "--pamr-steps", "2", "--pamr-dilations", "1,2")
+    assert result.exit_code == 0, result.output
+    folders = ["ap-descriptions_pamr-off", "ap-descriptions_pamr-on", "ap-names_pamr-off", "ap-names_pamr-on"]
+    reports = [json.loads((out / folder / "benchmark.json").read_text()) for folder in folders]
+    assert [(r["settings"]["ap_texts"], r["settings"]["pamr"]) for r in reports] == [
+        ("descriptions", False), ("descriptions", True), ("names", False), ("names", True)]
+    assert all(r["images_scored"] == 1 for r in reports)
+    table = (out / "ablation.md").read_text().splitlines()
+    assert table[table.index("| AP texts | PAMR | mIoU | mAcc | aAcc | s / image | images scored |") + 2:] == [
+        f"| {r['settings']['ap_texts']} | {'on' if r['settings']['pamr'] else 'off'} | {r['metrics']['mIoU']:.2f} "
+        f"| {r['metrics']['mAcc']:.2f} | {r['metrics']['aAcc']:.2f} "
+        f"| {r['segmentation']['seconds_per_image_done']:.2f} | 1 of 2 |" for r in reports]
+    assert "ablation" in result.output and "RANDOM CLIP WEIGHTS" in result.output
+    bad = invoke("benchmark", synthetic_roots["voc21"], "--dataset", "voc21", "--out", tmp_path / "bad",
+                 "--store", store, *TINY, "--compare-ap-texts", "names,llm")
+    assert bad.exit_code == 2 and "unknown AP texts 'llm'" in bad.output
+    assert not (tmp_path / "bad").exists()  # refused before the first run

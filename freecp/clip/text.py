@@ -25,6 +25,7 @@ class ClassEmbeddings:
     descriptions: torch.Tensor | None  # [K, D]
     described: torch.Tensor      # [K] bool
     source: str                  # where the vectors came from ("computed", "store", ...)
+    description_counts: torch.Tensor | None = None  # [K] texts behind each average (None: not known)
 
     def class_name_embeddings(self, num_classes: int) -> torch.Tensor:
         """One embedding per class: the renormalised mean of its query embeddings [K, D]."""
@@ -59,6 +60,7 @@ def embed_vocabulary(backbone, vocab: Vocabulary,
     """Compute a vocabulary's embeddings directly (no store): class names, then descriptions."""
     queries = encode_class_names(backbone, vocab.queries)
     described = torch.zeros(len(vocab), dtype=torch.bool)
+    counts = torch.zeros(len(vocab), dtype=torch.long)
     desc_matrix = None
     if descriptions:
         lists = {k: descriptions.get(vocab.classes[k].name, []) for k in vocab.foreground_indices}
@@ -69,10 +71,12 @@ def embed_vocabulary(backbone, vocab: Vocabulary,
             for k, chunk in zip(lists, vectors.split([len(texts) for texts in lists.values()])):
                 desc_matrix[k] = average_embeddings(chunk)  # every text of the list, repeats included
             described[list(lists)] = True
+            counts[list(lists)] = torch.tensor([len(texts) for texts in lists.values()])
     return ClassEmbeddings(
         queries=queries,
         query_class=torch.tensor(vocab.query_class, dtype=torch.long),
         descriptions=desc_matrix,
         described=described,
         source="computed",
+        description_counts=counts,
     )

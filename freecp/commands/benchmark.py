@@ -28,11 +28,17 @@ def benchmark(
     limit: Annotated[
         Optional[int], typer.Option("--limit", min=1, help="Only the split's first N images (a partial score).")
     ] = None,
+    compare_ap_texts: Annotated[Optional[str], typer.Option(
+        "--compare-ap-texts", help="An ablation: one run per AP text control, comma-separated (e.g. "
+        "descriptions,names,random), each in its own subfolder of OUT; one table of all.")] = None,
+    compare_pamr: Annotated[bool, typer.Option(
+        "--compare-pamr", help="An ablation: every run once without and once with PAMR.")] = False,
     *,
     job: SegmentJob,
 ) -> None:
     """Segment exactly DATA_ROOT's validation split with the dataset's preset, score it as
-    mmsegmentation does and compare with the paper; resumes like `freecp segment`.
+    mmsegmentation does and compare with the paper; resumes like `freecp segment`. With
+    --compare-ap-texts / --compare-pamr, one run per combination and one table of all of them.
     Exits 1 if any image failed."""
     from freecp.benchmark import REPORT_JSON, REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
     from freecp.clip import WeightsUnavailableError
@@ -44,9 +50,14 @@ def benchmark(
     try:
         split = find_split(data_root, dataset, limit)
         settings = job.overrides.settings(split.layout.name)
-        segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), settings, console)
-        with progress_bars() as on_progress:
-            report, summary = run_benchmark(segmenter, split, out, job.clip.weights, on_progress)
+        ablation = compare_ap_texts is not None or compare_pamr
+        if ablation:
+            controls = compare_ap_texts.split(",") if compare_ap_texts else []
+            reports, failed, table = _run_ablation(job, split, settings, controls, compare_pamr, out)
+        else:
+            segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), settings, console)
+            with progress_bars() as on_progress:
+                report, summary = run_benchmark(segmenter, split, out, job.clip.weights, on_progress)
     except DiskFullError as err:
         _error(err, exits.DISK_FULL)
     except (StoreUnusableError, UnwritableOutputError) as err:
@@ -54,6 +65,12 @@ def benchmark(
     except (BenchmarkError, EvaluationError, VocabularyError, WeightsUnavailableError, StoreError,
             FileNotFoundError, ValueError) as err:
         _error(err, exits.BAD_INPUT)
+    if ablation:
+        _print_ablation(reports)
+        console.print(f"table: {table}; each run's report in its subfolder")
+        if failed:
+            raise typer.Exit(exits.SOME_FAILED)
+        return
     print_summary(summary, out)
     _print_comparison(report)
     console.print(f"report: {out / REPORT_MARKDOWN} (per class) and {out / REPORT_JSON}")
@@ -80,6 +97,39 @@ def _print_comparison(report: dict) -> None:
     console.print(table)
     for note in report["caveats"]:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _run_ablation(job: SegmentJob, split, settings, controls: list[str], both_pamr: bool,
+                  out: Path) -> tuple[list[dict], bool, Path]:
+    """One benchmark run per combination (``freecp.benchmark.ablation_runs``), each in its own
+    subfolder of ``out``: the reports, whether any image failed, and the table's file."""
+    from freecp.benchmark import ablation_runs, run_benchmark, write_ablation
+    from freecp.vocab import load_vocabulary
+
+    reports, failed = [], False
+    for folder, run_settings in ablation_runs(settings, controls, both_pamr):
+        console.print(f"run {folder}")
+        segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), run_settings, console)
+        with progress_bars() as on_progress:
+            report, summary = run_benchmark(segmenter, split, out / folder, job.clip.weights, on_progress)
+        reports.append(report)
+        failed = failed or bool(summary.failed)
+    return reports, failed, write_ablation(out, reports)
+
+
+def _print_ablation(reports: list[dict]) -> None:
+    """The runs of an ablation as rows of one table."""
+    from freecp.benchmark import ABLATION_COLUMNS, RANDOM_WEIGHTS_WARNING, ablation_rows
+
+    first = reports[0]
+    table = Table(title=f"{first['dataset']}: ablation ({first['model']})")
+    for column in ABLATION_COLUMNS:
+        table.add_column(column)
+    for row in ablation_rows(reports):
+        table.add_row(*row)
+    console.print(table)
+    if first["random_weights"]:
+        console.print(f"[yellow]note:[/] {RANDOM_WEIGHTS_WARNING}")
 
 
 def benchmark_table(

@@ -475,6 +475,13 @@ class EmbeddingStore:
         """The store's model keys written before float orders were recorded (no run reads them)."""
         return [key for key in self._model_keys() if float_order_of(key) is None]
 
+    def description_counts(self, vocab: Vocabulary, key: str) -> list[int]:
+        """Per class, how many descriptions its stored average was made from (0: none)."""
+        manifest = self._read_manifest(posixpath.join(MODELS_DIR, model_dir(key)), vocab, key, None)
+        if manifest is None:
+            raise MissingEmbeddingsError(f"vocabulary {vocab.name!r} is not encoded in {self.url} for {key}")
+        return [len(plan.description_hashes) for plan in manifest.classes]
+
     def _read_manifest(self, folder: str, vocab: Vocabulary, key: str, dim: int | None,
                        with_descriptions: bool = True) -> Manifest | None:
         """The vocabulary's manifest, or None. Loading skips the description hashes (the bulk)."""
