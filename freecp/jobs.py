@@ -130,6 +130,8 @@ class DescribeJob:
     max_tokens: int = option(DEFAULT_MAX_TOKENS, "Answer length limit per request.", minimum=1)
     max_requests: int | None = option(None, "Request limit per class.", minimum=1)
     prompt_set: str = option(PROMPT_SET, "Prompt folder under prompts/ (its name carries its version).")
+    run_batch: bool = option(False, "Answer the missing requests with vLLM's run_batch (offline, in rounds) "
+                             "instead of a server.", flag="--run-batch")
 
     def plan_options(self) -> dict:
         """The fields that decide which requests a class needs (and so the cache keys)."""

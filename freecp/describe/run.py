@@ -79,6 +79,12 @@ def describe(vocab: Vocabulary, job: DescribeJob, on_progress: ProgressCallback 
     """``describe_vocabulary`` for a ``DescribeJob`` (the CLI, the flows and Python callers alike);
     ``cache`` is the job's description cache when already open."""
     llm = job.llm
+    if job.run_batch:
+        from freecp.describe.batch import describe_offline  # it builds on this module
+
+        store = cache or DescriptionCache(job.cache)
+        return describe_offline(vocab, cache=store, llm_model=llm.llm_model, vllm_env=llm.vllm_env,
+                                structured=llm.structured is not False, **job.plan_options())
     return describe_vocabulary(vocab, llm_url=llm.llm_url, llm_model=llm.llm_model, cache=cache or job.cache,
                                concurrency=llm.concurrency, timeout=llm.timeout, retries=llm.retries,
                                structured=llm.structured, vllm_env=llm.vllm_env, on_progress=on_progress,
