@@ -2,7 +2,7 @@
 
 THESE TESTS USE A SCRIPTED FAKE HTTP SERVER (``ScriptedLLM`` below), not a model: each test
 scripts the answers the client receives. The real-server behaviour (describing, caching,
-resuming) is tested against ``transformers serve`` in ``test_describe_llm.py``.
+resuming, a killed server) is tested against the real vLLM in ``test_describe_llm.py``.
 """
 
 from __future__ import annotations
@@ -189,6 +189,22 @@ def test_vllm_is_asked_for_json_schema_output_and_others_are_not(cache: Descript
     with ScriptedLLM(lambda body, n: GOOD) as llm:
         describe_vocabulary(load_vocabulary(["dog"]), llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
     assert "response_format" not in llm.bodies[0]
+
+
+def test_a_server_rejecting_response_format_gets_free_text_said_once(cache: DescriptionCache, caplog):
+    """vLLM 0.32.0 accepts the JSON schema; a build or backend that refuses it (vLLM issue 51283)
+    cannot be had on demand, so this server is scripted to answer HTTP 400 as vLLM words it."""
+    refusal = (400, {"Content-Type": "application/json"}, json.dumps({"error": {
+        "message": "response_format json_schema is not supported by this structured outputs backend",
+        "type": "BadRequestError", "code": 400}}).encode())
+    with ScriptedLLM(lambda body, n: refusal if "response_format" in body else GOOD, owned_by="vllm") as llm:
+        with caplog.at_level("WARNING", logger="freecp.describe"):
+            summary = describe_vocabulary(VOCAB, llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
+    assert summary.ok and summary.classes_done == 2 and summary.requests_sent == 2
+    assert "response_format" in llm.bodies[0] and "response_format" not in llm.bodies[-1]
+    said = [r.getMessage() for r in caplog.records if "rejected the JSON-schema" in r.getMessage()]
+    assert len(said) == 1 and "free text" in said[0]
+    assert cache.descriptions_for(VOCAB)["cat"][0] == "Pointed ears on top"
 
 
 def test_unreachable_server_is_a_clear_error_and_writes_nothing(cache: DescriptionCache):
