@@ -1,4 +1,4 @@
-"""An asynchronous client for any OpenAI-compatible chat-completions server (vLLM, transformers serve, ...).
+"""An asynchronous client for any OpenAI-compatible chat-completions server (vLLM or any other).
 
 The HTTP work is the ``openai`` package's ``AsyncOpenAI``: its timeouts, its retries (connection
 errors, timeouts, 408/409/429/5xx, with exponential backoff that honours ``Retry-After``) and its
