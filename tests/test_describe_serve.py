@@ -65,6 +65,7 @@ def test_the_cpu_build_serves_the_bundled_model_from_its_own_python(cpu_env: Pat
     assert argv[argv.index("--served-model-name") + 1] == SMOLLM2_NAME == command.model
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and command.url.startswith("http://127.0.0.1:")
     assert argv[argv.index("--dtype") + 1] == "bfloat16" and "--enforce-eager" in argv
+    assert "--no-enable-chunked-prefill" in argv  # seeded requests crash its chunked prefill
     assert command.env["VLLM_CPU_KVCACHE_SPACE"] == CPU_SETTINGS["VLLM_CPU_KVCACHE_SPACE"]
     assert command.env["OMP_NUM_THREADS"] == "2" and command.env["HF_HUB_OFFLINE"] == "1"
     assert "PYTHONPATH" not in command.env
@@ -77,7 +78,8 @@ def test_the_gpu_build_serves_vicuna_with_the_vicuna_chat_template(gpu_env: Path
     assert command.engine == "vLLM 0.11.0" and command.model == DEFAULT_VLLM_MODEL
     assert argv[argv.index("--model") + 1] == DEFAULT_VLLM_MODEL
     assert argv[argv.index("--chat-template") + 1] == str(vicuna_template_path())
-    assert "--enforce-eager" not in argv and "HF_HUB_OFFLINE" not in command.env
+    assert "--enforce-eager" not in argv and "--no-enable-chunked-prefill" not in argv
+    assert "HF_HUB_OFFLINE" not in command.env
     other = server_command("mistralai/Mistral-7B-Instruct-v0.3")
     assert "--chat-template" not in other.argv  # other models keep their own template
 

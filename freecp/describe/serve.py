@@ -160,8 +160,12 @@ def engine_args(install: VllmInstall, model: str, chat_template: str | None = No
     template = chat_template or (str(vicuna_template_path()) if "vicuna" in model.lower() else None)
     if template:
         args += ["--chat-template", template]
-    if install.cpu:  # eager mode: start-up in under a minute instead of compiling for several
-        args += ["--dtype", "bfloat16", "--max-model-len", str(CPU_MAX_MODEL_LEN), "--enforce-eager"]
+    if install.cpu:
+        # Eager mode: start-up in under a minute instead of compiling for several. No chunked
+        # prefill: when a seeded request's prompt is split over steps, the CPU build (0.32.0)
+        # rewinds its generator and dies ("CPU Generator does not use offset"); we seed every request.
+        args += ["--dtype", "bfloat16", "--max-model-len", str(CPU_MAX_MODEL_LEN), "--enforce-eager",
+                 "--no-enable-chunked-prefill"]
     return args
 
 
