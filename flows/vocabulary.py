@@ -45,9 +45,10 @@ def load_vocabulary_task(vocab: VocabSource) -> Vocabulary:
       cache_policy=NO_CACHE, persist_result=False)
 def describe_task(vocabulary: Vocabulary, job: DescribeJob) -> describe_run.DescribeSummary:
     summary = describe_run.describe(vocabulary, job)
-    get_run_logger().info("%s: %d classes done, %d requests sent, %d cache hits, %d short, %d failed",
-                          summary.vocabulary, summary.classes_done, summary.requests_sent, summary.cache_hits,
-                          len(summary.short), len(summary.failed))
+    get_run_logger().info("%s: %d classes done, %d requests sent, %d cache hits, %d short, %d failed; model %s, "
+                          "server %s", summary.vocabulary, summary.classes_done, summary.requests_sent,
+                          summary.cache_hits, len(summary.short), len(summary.failed), summary.llm_model,
+                          f"{summary.engine} at {summary.server}" if summary.server else "none (all cached)")
     return summary
 
 
@@ -66,7 +67,8 @@ def describe_vocabulary(vocab: VocabSource, *, job: DescribeJob) -> State:
     """Ask the LLM for visual descriptions of every class the description cache lacks.
 
     The other parameters are the options of ``freecp describe`` (``freecp.jobs.DescribeJob``).
-    Without ``llm_url`` a local server is started for the run. Ends Failed, naming the classes,
+    Without ``llm_url`` the local vLLM is started for the run (``vllm_env``); the report names
+    the server (vLLM and its version) and the model. Ends Failed, naming the classes,
     if a request failed for good; classes short of descriptions are listed but not a failure.
     """
     vocabulary = load_vocabulary_task(vocab)

@@ -121,22 +121,24 @@ class LlmEndpoint:
     """The OpenAI-compatible server the describe step talks to, and how hard it pushes it."""
 
     llm_url: str | None = option(
-        None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. Without it, a local server is "
-        "started for the run (vLLM if available).", envvar="FREECP_LLM_URL")
+        None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. Without it, vLLM is started "
+        "from its environment (--vllm-env) for the run.", envvar="FREECP_LLM_URL")
     llm_model: str | None = option(
-        None, f"Model name to request (default {DEFAULT_VLLM_MODEL}); without vLLM use {SMOLLM2_NAME} or a "
-        "local model folder.", envvar="FREECP_LLM_MODEL")
+        None, f"Model: a hub name, a local model folder or {SMOLLM2_NAME} (the bundled one). Default "
+        f"{DEFAULT_VLLM_MODEL}, or {SMOLLM2_NAME} with vLLM's CPU build.", envvar="FREECP_LLM_MODEL")
     concurrency: int = option(8, "Requests in flight at once.", minimum=1)
     timeout: float = option(300.0, "Seconds one request may take in all (connecting, waiting, reading).",
                             minimum=1.0)
     retries: int = option(4, "Retries of a request after a connection error, timeout, 429 or 5xx.", minimum=0)
     structured: bool | None = option(None, "Ask for JSON-schema output (default: only from vLLM).",
                                      flag="--structured/--free-text")
-    vllm_bin: str | None = option(None, "vLLM executable for a local server.")
+    vllm_env: str | None = option(
+        None, "The virtualenv holding vLLM for a local server (made by scripts/install-vllm.sh; default "
+        "~/.local/share/freecp/vllm-env).", envvar="FREECP_VLLM_ENV")
 
     @property
     def model(self) -> str:
-        """The model to ask (``llm_model``, else the reference's Vicuna)."""
+        """The model to ask a server given by URL (``llm_model``, else the reference's Vicuna)."""
         return self.llm_model or DEFAULT_VLLM_MODEL
 
 
@@ -151,6 +153,8 @@ class DescribeJob:
     max_tokens: int = option(DEFAULT_MAX_TOKENS, "Answer length limit per request.", minimum=1)
     max_requests: int | None = option(None, "Request limit per class.", minimum=1)
     prompt_set: str = option(PROMPT_SET, "Prompt folder under prompts/ (its name carries its version).")
+    run_batch: bool = option(False, "Answer the missing requests with vLLM's run_batch (offline, in rounds) "
+                             "instead of a server.", flag="--run-batch")
 
     def plan_options(self) -> dict:
         """The fields that decide which requests a class needs (and so the cache keys)."""

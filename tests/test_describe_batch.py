@@ -1,20 +1,25 @@
-"""Offline batches in the OpenAI batch format that ``vllm run-batch`` reads and writes."""
+"""Offline batches: the OpenAI batch format, and the real vLLM ``run_batch`` run by ``freecp describe --run-batch``."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from freecp.describe.batch import BatchFormatError, export_batch, import_batch
+from freecp.describe.clean import CLEANING_VERSION, clean_answer
 from freecp.describe.client import ChatAnswer
 from freecp.describe.plan import build_plans, make_entry
+from freecp.describe.run import describe_vocabulary
 from freecp.stores.descriptions import SHARD_DIR, SOURCE_BATCH, DescriptionCache
 from freecp.vocab import load_vocabulary
 
 SETTINGS = dict(per_class=3, temperature=0.7, max_tokens=48)
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "from freecp.cli import main; main()"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -40,33 +45,36 @@ def test_export_writes_only_missing_requests_in_batch_format(tmp_path: Path):
     assert body["response_format"]["type"] == "json_schema"
 
 
-def test_results_answered_by_the_real_server_are_imported(tmp_path: Path, llm_server):
-    vocab = load_vocabulary(["cat"])
+def test_run_batch_round_trip_lands_the_entries_the_live_path_does(tmp_path: Path, llm_server):
+    """``freecp describe --run-batch`` runs the real vLLM ``run_batch`` on what the cache lacks; its
+    entries are those the live path makes (keys, model, cleaning), so the live path afterwards sends
+    only what it would ask again anyway, and a second ``--run-batch`` starts nothing."""
+    (tmp_path / "v.txt").write_text("cat\ndog\n")
     cache = DescriptionCache(tmp_path / "cache")
-    requests = tmp_path / "requests.jsonl"
-    assert export_batch(vocab, requests, cache=cache, llm_model=llm_server.model, structured=False, **SETTINGS) == 1
-    request = read_jsonl(requests)[0]
-    # Play the part of `vllm run-batch`: send each body to the server, write its output format.
-    response = httpx.post(f"{llm_server.url}/chat/completions", json=request["body"], timeout=300)
-    assert response.status_code == 200
-    results = tmp_path / "results.jsonl"
-    lines = [
-        {"id": "batch-1", "custom_id": request["custom_id"], "error": None,
-         "response": {"status_code": 200, "request_id": "r1", "body": response.json()}},
-        {"id": "batch-2", "custom_id": "0" * 64, "error": None,
-         "response": {"status_code": 200, "request_id": "r2", "body": response.json()}},
-    ]
-    results.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    options = dict(per_class=2, max_tokens=64, max_requests=1)
+    flags = ["--cache", cache.url, "--per-class", "2", "--max-tokens", "64", "--max-requests", "1"]
+    done = subprocess.run([*CLI, "describe", str(tmp_path / "v.txt"), "--run-batch", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "requests sent: 2" in done.stdout
+    assert f"model: {llm_server.model}   server: vLLM 0.32.0 (CPU build) at run_batch (1 rounds)" in done.stdout
 
-    outcome = import_batch(vocab, results, cache=cache, llm_model=llm_server.model, **SETTINGS)
-    assert (outcome.imported, outcome.unmatched, outcome.failed) == (1, 1, {})
-    stored = DescriptionCache(cache.url).get(request["custom_id"])
-    assert stored.source == SOURCE_BATCH and stored.server == "batch:results.jsonl"
-    assert stored.raw_answer == response.json()["choices"][0]["message"]["content"]
-    assert import_batch(vocab, results, cache=cache, llm_model=llm_server.model, **SETTINGS).already_cached == 1
+    entries = cache.entries()
+    assert sorted(e.class_name for e in entries) == ["cat", "dog"]
+    assert all(e.source == SOURCE_BATCH and e.llm_model == llm_server.model for e in entries)
+    assert all(e.cleaning_version == CLEANING_VERSION and list(e.descriptions) == clean_answer(
+        e.raw_answer, e.class_names, truncated=e.finish_reason == "length") for e in entries)
+    complete = [json.loads(e.raw_answer) for e in entries if e.finish_reason == "stop"]  # JSON-schema output
+    assert all(isinstance(items, list) for items in complete)
 
-    export_batch(vocab, requests, cache=cache, llm_model=llm_server.model, **SETTINGS)
-    assert request["custom_id"] not in {line["custom_id"] for line in read_jsonl(requests)}
+    again = subprocess.run([*CLI, "describe", str(tmp_path / "v.txt"), "--run-batch", *flags], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "requests sent: 0" in again.stdout and "server: no server" in again.stdout
+
+    empty = {e.class_name for e in entries if not e.descriptions}  # asked again by the live path (rule 7)
+    live = describe_vocabulary(load_vocabulary(["cat", "dog"]), llm_url=llm_server.url, llm_model=llm_server.model,
+                               cache=cache.url, **options)
+    assert (live.requests_sent, live.cache_hits) == (len(empty), 2 - len(empty))
 
 
 def test_failed_lines_are_reported_and_bare_completions_accepted(tmp_path: Path):

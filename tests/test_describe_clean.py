@@ -94,3 +94,22 @@ def test_a_300_kb_whitespace_answer_is_cleaned_and_runaway_answers_are_capped():
     assert _cleaned_in_a_process(spaced) == ["Pointed ears on top and long white whiskers"]
     runaway = "- Soft striped fur\n" + "x" * (MAX_ANSWER_CHARS + 10) + "\n- Long white whiskers\n"
     assert clean_answer(runaway) == ["Soft striped fur"]  # nothing read past the cap
+
+
+def test_placeholders_copied_from_the_prompt_are_not_descriptions():
+    """What SmolLM2 answered under the JSON schema: the example of the features prompt, copied."""
+    copied = '["First feature", "Second feature", "Third feature", "Fourth feature", "Fifth feature"]'
+    assert clean_answer(copied, ("cat",)) == []
+    numbered = "1. Feature 1\n2. Visual cue 2\n3. Example description\n4. Next item\n5. Pointed ears on top"
+    assert clean_answer(numbered, ("cat",)) == ["Pointed ears on top"]
+    # real descriptions that merely start with such words stay
+    assert clean_answer('["First feathers of a chick", "Two striped feature walls"]', ("bird",)) == [
+        "First feathers of a chick", "Two striped feature walls"]
+
+
+def test_answers_that_only_restate_the_class_name_are_not_descriptions():
+    answer = ('["A cat", "The cat.", "A photo of a cat", "This is a kitten", "An image of the tabby cat", '
+              '"A cat sleeping on a sofa"]')
+    assert clean_answer(answer, ("cat", "kitten", "tabby cat")) == ["A cat sleeping on a sofa"]
+    assert clean_answer("1. Dining table\n2. A dining table\n3. A wooden dining table", ("dining table",)) == [
+        "A wooden dining table"]

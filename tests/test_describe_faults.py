@@ -2,7 +2,7 @@
 
 THESE TESTS USE A SCRIPTED FAKE HTTP SERVER (``ScriptedLLM`` below), not a model: each test
 scripts the answers the client receives. The real-server behaviour (describing, caching,
-resuming) is tested against ``transformers serve`` in ``test_describe_llm.py``.
+resuming, a killed server) is tested against the real vLLM in ``test_describe_llm.py``.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def cache(tmp_path) -> Iterator[DescriptionCache]:
 
 
 def test_transient_500_and_429_answers_are_retried(cache: DescriptionCache):
+    """Scripted: a real vLLM answers 500 or 429 only when it breaks or overloads, never on cue."""
     def script(body: dict, number: int) -> Reply:
         if number <= 2:
             return 500, {}, b"overloaded"
@@ -136,6 +137,7 @@ def test_transient_500_and_429_answers_are_retried(cache: DescriptionCache):
 
 
 def test_a_class_whose_requests_keep_failing_is_recorded_and_the_run_goes_on(cache: DescriptionCache):
+    """Scripted: a real vLLM cannot be made to fail the requests of one class only."""
     with ScriptedLLM(lambda body, n: (500, {}, b"boom") if asks_about(body, "cat") else GOOD) as llm:
         summary = describe_vocabulary(VOCAB, llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
     assert not summary.ok
@@ -150,6 +152,7 @@ def test_a_class_whose_requests_keep_failing_is_recorded_and_the_run_goes_on(cac
 
 
 def test_garbage_http_body_is_a_failed_request(cache: DescriptionCache):
+    """Scripted: a real vLLM never answers with an HTML page (a proxy in front of it might)."""
     with ScriptedLLM(lambda body, n: (200, {"Content-Type": "text/html"}, b"<html>oops</html>")) as llm:
         summary = describe_vocabulary(VOCAB, llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
     assert set(summary.failed) == {"cat", "dog"}
@@ -158,6 +161,7 @@ def test_garbage_http_body_is_a_failed_request(cache: DescriptionCache):
 
 
 def test_garbage_answer_text_leaves_the_class_short_with_a_reason(cache: DescriptionCache):
+    """Scripted: a real model cannot be made to answer this exact garbage."""
     with ScriptedLLM(lambda body, n: completion("!!! ??? ###\n...\nSure! Here you go:")) as llm:
         summary = describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm.url, llm_model=MODEL, cache=cache,
                                       **FAST)
@@ -170,6 +174,7 @@ def test_garbage_answer_text_leaves_the_class_short_with_a_reason(cache: Descrip
 
 
 def test_a_hanging_server_times_out(cache: DescriptionCache):
+    """Scripted: a real vLLM that accepts a request and never answers cannot be had on demand."""
     with ScriptedLLM(lambda body, n: "hang") as llm:
         options = {**FAST, "timeout": 0.5, "retries": 1}
         summary = describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm.url, llm_model=MODEL, cache=cache,
@@ -179,6 +184,7 @@ def test_a_hanging_server_times_out(cache: DescriptionCache):
 
 
 def test_vllm_is_asked_for_json_schema_output_and_others_are_not(cache: DescriptionCache):
+    """Scripted: the same server seen as vLLM and as another OpenAI-compatible server (none here)."""
     json_answer = completion(json.dumps(["Pointed ears", "Long whiskers", "Striped tail"]))
     with ScriptedLLM(lambda body, n: json_answer, owned_by="vllm") as llm:
         summary = describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm.url, llm_model=MODEL, cache=cache,
@@ -191,6 +197,22 @@ def test_vllm_is_asked_for_json_schema_output_and_others_are_not(cache: Descript
     assert "response_format" not in llm.bodies[0]
 
 
+def test_a_server_rejecting_response_format_gets_free_text_said_once(cache: DescriptionCache, caplog):
+    """vLLM 0.32.0 accepts the JSON schema; a build or backend that refuses it (vLLM issue 51283)
+    cannot be had on demand, so this server is scripted to answer HTTP 400 as vLLM words it."""
+    refusal = (400, {"Content-Type": "application/json"}, json.dumps({"error": {
+        "message": "response_format json_schema is not supported by this structured outputs backend",
+        "type": "BadRequestError", "code": 400}}).encode())
+    with ScriptedLLM(lambda body, n: refusal if "response_format" in body else GOOD, owned_by="vllm") as llm:
+        with caplog.at_level("WARNING", logger="freecp.describe"):
+            summary = describe_vocabulary(VOCAB, llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
+    assert summary.ok and summary.classes_done == 2 and summary.requests_sent == 2
+    assert "response_format" in llm.bodies[0] and "response_format" not in llm.bodies[-1]
+    said = [r.getMessage() for r in caplog.records if "rejected the JSON-schema" in r.getMessage()]
+    assert len(said) == 1 and "free text" in said[0]
+    assert cache.descriptions_for(VOCAB)["cat"][0] == "Pointed ears on top"
+
+
 def test_unreachable_server_is_a_clear_error_and_writes_nothing(cache: DescriptionCache):
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(LLMUnavailableError, match="cannot reach the LLM server"):
@@ -199,6 +221,7 @@ def test_unreachable_server_is_a_clear_error_and_writes_nothing(cache: Descripti
 
 
 def test_command_exits_non_zero_with_one_message(tmp_path):
+    """Scripted (the second half): a real vLLM answers 500 only when it breaks, never on cue."""
     runner = CliRunner()
     url = f"http://127.0.0.1:{free_port()}/v1"
     result = runner.invoke(app, ["describe", "voc21", "--llm-url", url, "--llm-model", MODEL,
@@ -216,6 +239,7 @@ def test_command_exits_non_zero_with_one_message(tmp_path):
 
 
 def test_a_server_dripping_its_answer_hits_the_whole_request_deadline(cache: DescriptionCache):
+    """Scripted: a real vLLM does not send its answer a byte at a time."""
     # each byte comes well within the timeout, the whole answer (hundreds of bytes) far after it
     with ScriptedLLM(lambda body, n: ("drip", GOOD, 0.2)) as llm:
         summary = describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm.url, llm_model=MODEL, cache=cache,
@@ -227,6 +251,7 @@ REFUSAL = completion("I'm sorry, but I can't help with that.")
 
 
 def test_refusals_and_empty_answers_are_asked_again_on_the_next_run(cache: DescriptionCache):
+    """Scripted: a real model cannot be made to refuse (or answer nothing) on cue."""
     vocab = load_vocabulary(["cat", "dog"])
     with ScriptedLLM(lambda body, n: REFUSAL if asks_about(body, "cat") else completion("")) as llm:
         first = describe_vocabulary(vocab, llm_url=llm.url, llm_model=MODEL, cache=cache, **FAST)
@@ -242,6 +267,7 @@ def test_refusals_and_empty_answers_are_asked_again_on_the_next_run(cache: Descr
 
 
 def test_the_command_names_classes_without_descriptions_and_what_to_do(tmp_path):
+    """Scripted: a real model cannot be made to give a class no usable description on cue."""
     vocab = tmp_path / "animals.txt"
     vocab.write_text("cat\ndog\n")
     with ScriptedLLM(lambda body, n: REFUSAL if asks_about(body, "cat") else GOOD) as llm:
@@ -253,7 +279,8 @@ def test_the_command_names_classes_without_descriptions_and_what_to_do(tmp_path)
 
 
 def test_kill_9_loses_at_most_about_a_second_of_answers(tmp_path):
-    """Three answers come at once, then the server goes silent; the run is killed 3 s later."""
+    """Three answers come at once, then the server goes silent; the run is killed 3 s later.
+    Scripted: a real vLLM's answers cannot be timed this exactly."""
     vocab = tmp_path / "animals.txt"
     vocab.write_text("cat\ndog\nhorse\n")
     answered = threading.Event()

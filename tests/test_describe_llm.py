@@ -1,34 +1,34 @@
-"""Describing vocabularies against a real LLM server (``transformers serve`` on SmolLM2-135M-Instruct).
+"""Describing vocabularies against the real vLLM (the session's server, tests/fixtures_llm.py, on
+the bundled SmolLM2-135M-Instruct; on this machine vLLM's CPU build).
 
-The model is tiny, so these tests check plumbing (requests, cache, resume, sharing), never the
-quality of what it writes.
+The model is tiny, so these tests check plumbing (structured requests, cache, resume, sharing,
+starting and losing a server), never the quality of what it writes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from freecp.cli import app
-from freecp.describe import run as run_module
 from freecp.describe.client import LLMUnavailableError
-from freecp.describe.run import DescribeAborted, describe_vocabulary
+from freecp.describe.run import describe_vocabulary
 from freecp.describe.serve import free_port
 from freecp.stores.descriptions import SHARD_DIR, DescriptionCache
 from freecp.vocab import load_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from freecp.cli import main; main()"]
-SMALL = dict(per_class=2, max_tokens=24, max_requests=2, concurrency=4)
-SMALL_FLAGS = ["--per-class", "2", "--max-tokens", "24", "--max-requests", "2"]
+SMALL = dict(per_class=2, max_tokens=64, max_requests=2, concurrency=4)
+SMALL_FLAGS = ["--per-class", "2", "--max-tokens", "64", "--max-requests", "2"]
 
 
 def test_describe_a_vocabulary_then_a_second_run_sends_nothing(tmp_path: Path, llm_server):
@@ -45,6 +45,10 @@ def test_describe_a_vocabulary_then_a_second_run_sends_nothing(tmp_path: Path, l
     assert len(entries) == first.requests_sent
     assert {e.class_name for e in entries} == {"cat", "dog"}  # the background is never described
     assert all(e.llm_model == llm_server.model and e.server == llm_server.url and e.raw_answer for e in entries)
+    assert first.engine == "vLLM 0.32.0" and first.llm_model == llm_server.model
+    # vLLM was asked for JSON-schema output: every answer that was not cut off is a JSON list of strings
+    complete = [json.loads(e.raw_answer) for e in entries if e.finish_reason == "stop"]
+    assert complete and all(isinstance(items, list) and all(isinstance(i, str) for i in items) for items in complete)
     assert all(e.class_names == ("dog", "puppy") for e in entries if e.class_name == "dog")
 
     # SmolLM2 with 24 tokens sometimes gives a class no usable description at all: such a class is
@@ -74,6 +78,7 @@ def test_describe_a_vocabulary_then_a_second_run_sends_nothing(tmp_path: Path, l
         assert result.exit_code == 0, result.output
         hits = sum(1 for e in entries if e.class_name in answered)
         assert f"requests sent: 0   cache hits: {hits}" in result.output
+        assert f"model: {llm_server.model}   server: no server" in result.output
 
     described = DescriptionCache(cache_url).descriptions_for(vocab)
     for name, texts in described.items():
@@ -90,81 +95,46 @@ def test_wrong_model_name_is_a_clear_error(tmp_path: Path, llm_server):
     assert cache.root.list_files(SHARD_DIR) == []
 
 
-def _start_cli_server(folder: Path) -> tuple[subprocess.Popen, str, str]:
-    """``freecp llm serve`` as a user runs it; returns the process, and the URL and model it prints."""
-    proc = subprocess.Popen([*CLI, "llm", "serve", "--model", str(folder), "--port", "0"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("LLM server ready:"):
-            words = line.split()
-            return proc, words[words.index("--llm-url") + 1], words[words.index("--llm-model") + 1]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("freecp llm serve did not print its URL")
-
-
-def test_run_interrupted_by_a_stopped_server_resumes_without_loss(
-    tmp_path: Path, smollm2_folder: Path, llm_server, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(run_module, "FLUSH_SECONDS", 0.0)  # save every answer at once
-    server, url, model = _start_cli_server(smollm2_folder)
-    assert url.startswith("http://127.0.0.1:") and model == llm_server.model
-    vocab = load_vocabulary(["cat"])
+def test_describe_without_a_url_starts_vllm_and_a_killed_server_loses_no_answer(tmp_path: Path, llm_server):
+    """``freecp describe`` with no server flag starts the local vLLM (here the CPU build, on the
+    bundled model) and says so; once the first answers are saved the server is killed (SIGKILL to
+    its whole process group). The run ends with one message saying what it kept, and a re-run
+    against the session's server sends only the requests still missing."""
     cache = DescriptionCache(tmp_path / "cache")
-    options = dict(per_class=50, max_requests=4, max_tokens=32, concurrency=1, retries=1)
-    outcome: dict[str, BaseException] = {}
-
-    def describe() -> None:
-        try:
-            describe_vocabulary(vocab, llm_url=url, llm_model=model, cache=cache.url, **options)
-        except BaseException as err:  # noqa: BLE001 - handed to the test thread
-            outcome["error"] = err
-
-    worker = threading.Thread(target=describe)
+    (tmp_path / "v.txt").write_text("cat\n")
+    flags = ["--cache", cache.url, "--per-class", "50", "--max-requests", "6", "--max-tokens", "96",
+             "--concurrency", "1", "--retries", "0"]
+    proc = subprocess.Popen([*CLI, "describe", str(tmp_path / "v.txt"), *flags], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        worker.start()
+        said = []
+        while not (said and "local LLM server ready" in said[-1]) and (line := proc.stderr.readline()):
+            said.append(line)
+        ready = said[-1]
+        assert "(vLLM 0.32.0 (CPU build), model smollm2-135m-instruct, pid " in ready, "".join(said)
+        pid = int(ready.rsplit("pid ", 1)[1].split(")")[0])
         deadline = time.monotonic() + 300
         while not cache.root.list_files(SHARD_DIR, ".parquet") and time.monotonic() < deadline:
             time.sleep(0.05)
-        server.send_signal(signal.SIGINT)  # Ctrl-C
-        assert server.wait(timeout=60) == 0
-        assert "LLM server stopped" in server.stdout.read()
+        os.killpg(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
     finally:
-        if server.poll() is None:
-            server.kill()
-        worker.join(timeout=300)
-
-    aborted = outcome["error"]
-    assert isinstance(aborted, DescribeAborted) and "run again" in str(aborted)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "run again to send only the missing requests" in stderr, stdout + stderr
+    assert "Traceback" not in stderr and stderr.count("error:") == 1
     saved_entries = DescriptionCache(cache.url).entries()
     saved = {e.key for e in saved_entries}
-    assert 1 <= len(saved) == aborted.summary.answers_saved < 4
+    assert 1 <= len(saved) < 6
+    assert {e.llm_model for e in saved_entries} == {llm_server.model}
     # a class whose saved answers hold no description at all is asked again (issue 9 rule 7)
     reused = len(saved) if any(e.descriptions for e in saved_entries) else 0
 
-    resumed = describe_vocabulary(vocab, llm_url=llm_server.url, llm_model=llm_server.model, cache=cache.url,
-                                  **options)
-    assert resumed.cache_hits == reused and resumed.requests_sent == 4 - reused
+    resumed = describe_vocabulary(load_vocabulary(["cat"]), llm_url=llm_server.url, llm_model=llm_server.model,
+                                  cache=cache.url, per_class=50, max_requests=6, max_tokens=96)
+    assert resumed.cache_hits == reused and resumed.requests_sent == 6 - reused
     final = DescriptionCache(cache.url).entries()
-    assert len(final) == 4 and saved <= {e.key for e in final}
-
-
-def test_without_a_url_a_local_server_is_started_and_stopped(tmp_path: Path, smollm2_folder: Path):
-    vocab = load_vocabulary(["horse"])
-    cache = str(tmp_path / "cache")
-    options = dict(per_class=1, max_requests=1, max_tokens=8)
-    summary = describe_vocabulary(vocab, llm_url=None, llm_model=str(smollm2_folder), cache=cache, **options)
-    assert summary.requests_sent == 1 and summary.llm_model == smollm2_folder.name
-    assert summary.server.startswith("http://127.0.0.1:")
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{summary.server}/models", timeout=5)
-    asked_again = 0 if DescriptionCache(cache).descriptions_for(vocab) else 1  # no description: rule 7
-    again = describe_vocabulary(vocab, llm_url=None, llm_model=str(smollm2_folder), cache=cache, **options)
-    assert again.requests_sent == asked_again
-    assert (again.server == "") == (asked_again == 0)  # nothing missing: no server started
+    assert len(final) == 6 and saved <= {e.key for e in final}
 
 
 def test_cache_on_s3(s3_bucket: str, llm_server):

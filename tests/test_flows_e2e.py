@@ -2,7 +2,8 @@
 
 A real ``prefect server start`` (session fixture), ``prefect deploy --all`` from the project's
 ``prefect.yaml``, a process work pool and ``prefect worker start``, then ``prefect deployment run
---watch`` for a new vocabulary (real LLM server on SmolLM2, CLIP with random weights) and for a
+--watch`` for a new vocabulary (the flow starts its own real vLLM, from the environment
+``scripts/install-vllm.sh`` made, on the bundled SmolLM2; CLIP with random weights) and for a
 folder of images (the shipped sample photos), through the checkout's ``nightly`` deployment and
 the ``nightly-installed`` one that has no pull step (the worker runs outside the checkout). The
 model has random weights: the test checks that every output exists and is consistent, never
@@ -74,7 +75,7 @@ def _table(artifact) -> list[dict]:
 
 
 def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefect_api: str,
-                                llm_server, tmp_path: Path) -> None:
+                                vllm_install, tmp_path: Path) -> None:
     from freecp.stores.descriptions import DescriptionCache
     from freecp.stores.embeddings import EmbeddingStore
     from freecp.vocab import load_vocabulary
@@ -83,9 +84,10 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     names = copy_samples(images)
     vocabulary = load_vocabulary(VOCAB)
 
-    # --- a new vocabulary: describe with the real LLM server, encode with CLIP (random weights)
+    # --- a new vocabulary: described by the vLLM the flow starts itself (no llm_url: the CPU build's
+    # default model, the bundled SmolLM2), encoded with CLIP (random weights)
     build_id, code = _run_deployment("build-vocabulary/on-demand", {
-        "vocab": VOCAB, "llm_url": llm_server.url, "llm_model": llm_server.model, "cache": str(cache),
+        "vocab": VOCAB, "cache": str(cache),
         "store": str(store), "per_class": 1, "max_requests": 1, "max_tokens": 32, "concurrency": 2, **TINY,
     }, prefect_env, worker)
     assert code == 0
@@ -105,6 +107,8 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     describe_md = flow_run_artifacts(children["describe-vocabulary"])["describe-vocabulary-summary"].data
     encode_md = flow_run_artifacts(children["encode-vocabulary"])["encode-vocabulary-summary"].data
     assert "describe-vocabulary: inline" in describe_md
+    assert f"| engine | {vllm_install.label} |" in describe_md  # the report names the server and the model
+    assert "| llm model | smollm2-135m-instruct |" in describe_md and "| server | http://127.0.0.1:" in describe_md
     assert model.model_key in encode_md
     build_artifacts = flow_run_artifacts(build_id)  # the parent run carries both steps' summaries
     assert build_artifacts["describe-vocabulary-summary"].data == describe_md

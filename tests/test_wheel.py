@@ -8,11 +8,13 @@ shipped sample photo with ``--pretrained none`` and the sample vocabulary (AP on
 shipped for it), and one ``segment-images`` flow run goes
 through the session's real Prefect server.
 
-The venv is made with ``--system-site-packages`` (and no pip of its own) so that it reuses this
-machine's torch, open_clip, prefect, ... (copying a CUDA torch into a venv costs minutes and
-gigabytes); the wheel's own requirements are checked against them with ``pip install --dry-run
---no-index``,
-and the test asserts that ``freecp`` itself is imported from the venv, never from the checkout.
+The new venv reuses the packages of the Python running the tests (torch, open_clip, prefect, ...:
+copying a torch into a venv costs minutes and gigabytes) through a ``.pth`` file that adds that
+Python's site-packages folders after its own. Not ``--system-site-packages``: made from a venv's
+Python, that option reaches the *base* Python's packages, not the venv's, so inside a CI venv the
+wheel's requirements went missing. The wheel's own requirements are checked against them with
+``pip install --dry-run --no-index``, and the test asserts that ``freecp`` itself is imported from
+the venv, never from the checkout.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     (wheel,) = (root / "dist").glob("freecp-*.whl")
     venv = root / "venv"
     # Without a pip of its own: the venv's bundled setuptools would hide the machine's newer one.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                   check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    _reuse_our_packages(venv)
     pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     checked = subprocess.run([*pip, "--dry-run", "--no-index", str(wheel)],
@@ -77,6 +79,14 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     work = root / "elsewhere"
     work.mkdir()
     return venv, {**env, "FREECP_STORE": str(work / "store")}
+
+
+def _reuse_our_packages(venv: Path) -> None:
+    """Let ``venv`` see this Python's site-packages (a venv's and its base's alike), after its own."""
+    ours = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (own,) = venv.glob("lib/python3*/site-packages")
+    lines = "".join(f"import site; site.addsitedir({folder!r})\n" for folder in ours)
+    (own / "_freecp_test_parent.pth").write_text(lines)
 
 
 def _run(venv: Path, args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -160,7 +160,9 @@ def _show(store: DescriptionCache, name: str, llm_model: str | None) -> None:
 
 def _print_summary(summary: DescribeSummary, per_class: int) -> None:
     out.print(f"classes done: {summary.classes_done}/{summary.classes_total}   requests sent: "
-              f"{summary.requests_sent}   cache hits: {summary.cache_hits}   cache: {summary.cache}")
+              f"{summary.requests_sent}   cache hits: {summary.cache_hits}   cache: {summary.cache}", markup=False)
+    asked = f"{summary.engine} at {summary.server}" if summary.server else "no server (the cache had every answer)"
+    out.print(f"model: {summary.llm_model}   server: {asked}", markup=False)
     if summary.short:
         out.print(f"{len(summary.short)} classes have fewer than {per_class} descriptions "
                   "(purification falls back to the class name only for a class with none):")
@@ -176,38 +178,32 @@ def _print_summary(summary: DescribeSummary, per_class: int) -> None:
 
 def serve(
     model: Annotated[str | None, typer.Option(
-        help=f"Model to serve (default {DEFAULT_VLLM_MODEL} with vLLM, else the bundled {SMOLLM2_NAME}); "
-        "also a local model folder.")] = None,
-    vllm_bin: Annotated[str | None, typer.Option(help="vLLM executable (vLLM lives in its own environment).")] = None,
+        help=f"Model to serve: a hub name, a local model folder or {SMOLLM2_NAME} (default "
+        f"{DEFAULT_VLLM_MODEL}, or {SMOLLM2_NAME} with vLLM's CPU build).")] = None,
+    vllm_env: Annotated[str | None, typer.Option(
+        envvar="FREECP_VLLM_ENV", help="The virtualenv holding vLLM (made by scripts/install-vllm.sh).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
-    models: Annotated[Path | None, typer.Option(
-        "--models-dir",
-        help="Where the bundled model is converted to (default cache/models or $FREECP_MODELS_DIR).")] = None,
     chat_template: Annotated[str | None, typer.Option(
-        help="Chat template for vLLM (default prompts/vicuna-v1.1.jinja for Vicuna models).")] = None,
-    continuous_batching: Annotated[bool, typer.Option(
-        help="transformers serve only: batch concurrent requests together.")] = False,
+        help="Chat template (default prompts/vicuna-v1.1.jinja for Vicuna models).")] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 900.0,
 ) -> None:
-    """Start an OpenAI-compatible LLM server (vLLM, or transformers serve on CPU) until Ctrl-C."""
+    """Start the local vLLM server (an OpenAI-compatible API) until Ctrl-C."""
     from freecp.describe.client import LLMError
-    from freecp.describe.serve import LocalServer, models_dir, server_command
+    from freecp.describe.serve import LocalServer, server_command
 
     with _user_errors():
-        folder = (models or models_dir()) / SMOLLM2_NAME
-        command = server_command(model, vllm_bin=vllm_bin, host=host, port=port or None, folder=folder,
-                                 chat_template=chat_template, continuous_batching=continuous_batching)
+        command = server_command(model, vllm_env=vllm_env, host=host, port=port or None, chat_template=chat_template)
         server = LocalServer(command)
-        err.print(f"starting {command.kind} serving {command.model} (log: {server.log_path}) ...", markup=False)
+        err.print(f"starting {command.engine} serving {command.model} (log: {server.log_path}) ...", markup=False)
         try:
             server.start(ready_timeout)
-            out.print(f"LLM server ready: --llm-url {server.url} --llm-model {server.model}")
+            out.print(f"LLM server ready: --llm-url {server.url} --llm-model {server.model}", markup=False)
             out.print("press Ctrl-C to stop")
             sys.stdout.flush()
             while server.running():
                 time.sleep(0.5)
-            raise LLMError(f"the {command.kind} server exited on its own; see {server.log_path}")
+            raise LLMError(f"the vLLM server exited on its own; see {server.log_path}")
         except KeyboardInterrupt:
             server.stop()
             out.print("LLM server stopped")

@@ -15,7 +15,7 @@ import re
 
 from freecp.dedup import comparison_key
 
-CLEANING_VERSION = "1"
+CLEANING_VERSION = "2"  # 2: placeholders and bare class names are dropped
 MIN_CHARS = 8
 MIN_WORDS = 2
 MAX_CHARS = 200
@@ -40,6 +40,20 @@ _NON_VISUAL = re.compile(
     re.IGNORECASE,
 )
 _CODE = re.compile(r"[{}<>=;\\]|https?://|\bdef\b|\bimport\b")
+# What a small model copies from the prompt instead of answering ("first feature", "feature 2", the
+# JSON prompt's own example): an ordinal or number with a generic noun, nothing about the thing.
+_PLACEHOLDER = re.compile(
+    r"^(?:(?:(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|next|another|last|example"
+    r"|\d+(?:st|nd|rd|th)?)\s+(?:visual\s+)?(?:feature|description|item|cue|caption|point|string|answer)s?)"
+    r"|(?:(?:visual\s+)?(?:feature|description|item|cue|caption|point|string|answer)\s+(?:\d+|one|two|three)))$",
+    re.IGNORECASE,
+)
+# Words around a class name that still say nothing about its look: "a photo of a cat", "the cat".
+_SUBJECT_ONLY = re.compile(
+    r"^(?:(?:this is|it is|it's)\s+)?(?:(?:a|an|the)\s+)?"
+    r"(?:(?:photo|picture|image|photograph|close-up|closeup|view)\s+of\s+)?(?:(?:a|an|the)\s+)?",
+    re.IGNORECASE,
+)
 
 
 def parse_answer(text: str, truncated: bool = False) -> list[str]:
@@ -68,9 +82,9 @@ def parse_answer(text: str, truncated: bool = False) -> list[str]:
 
 
 def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str]:
-    """Normalise items and drop chatter, refusals, non-visual facts, duplicates and bad lengths."""
+    """Normalise items and drop chatter, refusals, non-visual facts, duplicates, bad lengths, the
+    prompt's placeholders ("first feature") and items that only restate the class name."""
     names = {comparison_key(n) for n in class_names}
-    names |= {comparison_key(f"{article} {n}") for n in class_names for article in ("a", "an", "the")}
     kept: list[str] = []
     seen: set[str] = set()
     for item in items:
@@ -78,7 +92,7 @@ def clean_items(items: list[str], class_names: tuple[str, ...] = ()) -> list[str
             continue
         text = _normalise(item)
         key = comparison_key(text)
-        if not key or key in seen or key in names or not _acceptable(text):
+        if not key or key in seen or comparison_key(_SUBJECT_ONLY.sub("", text)) in names or not _acceptable(text):
             continue
         seen.add(key)
         kept.append(text)
@@ -134,4 +148,4 @@ def _acceptable(text: str) -> bool:
         return False
     if sum(ch.isalpha() for ch in text) < len(text) / 2:
         return False
-    return not (_CHATTER.search(text) or _NON_VISUAL.search(text) or _CODE.search(text))
+    return not (_CHATTER.search(text) or _NON_VISUAL.search(text) or _CODE.search(text) or _PLACEHOLDER.match(text))

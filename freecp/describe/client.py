@@ -1,4 +1,4 @@
-"""An asynchronous client for any OpenAI-compatible chat-completions server (vLLM, transformers serve, ...).
+"""An asynchronous client for any OpenAI-compatible chat-completions server (vLLM or any other).
 
 The HTTP work is the ``openai`` package's ``AsyncOpenAI``: its timeouts, its retries (connection
 errors, timeouts, 408/409/429/5xx, with exponential backoff that honours ``Retry-After``) and its
@@ -13,14 +13,17 @@ still fails after its retries raises ``LLMRequestError``, which a run records ag
 and moves on. Answers are read as raw JSON (``answer_from_body``, shared with offline batch
 files), so a server that sends HTML or a malformed body is a failed request, not a crash. Against
 vLLM the answer is constrained to a JSON list of strings (its JSON-schema ``response_format``);
-other servers get free text, which the cleaner parses.
+other servers get free text, which the cleaner parses, and so does a server that rejects
+``response_format`` (said once in the log, then free text for the rest of the run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +33,10 @@ import openai
 API_KEY_ENV = "FREECP_LLM_API_KEY"
 DESCRIPTIONS_SCHEMA = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 NO_API_KEY = "none"  # the openai client needs some key; servers started without --api-key ignore it
+# A 400 answer whose text names these is a server refusing the JSON-schema request, not the request.
+_SCHEMA_REFUSAL = re.compile(r"response_format|json_schema|structured|guided|grammar", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
 
 
 class LLMError(RuntimeError):
@@ -126,6 +133,7 @@ class ChatClient:
         self.retries = retries
         self.structured = structured
         self.requests = 0  # requests sent (each counted once, however often it was retried)
+        self.engine = "an OpenAI-compatible server"  # "vLLM <version>" once ``check`` saw a vLLM
         self._slots = asyncio.Semaphore(concurrency)
         key = api_key or os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY") or NO_API_KEY
         http = _DeadlineHttpClient(timeout, trust_env=False)  # no proxy variables between us and the server
@@ -176,29 +184,51 @@ class ChatClient:
                 f"the LLM server at {self.server} does not serve model {self.model!r}; "
                 f"it serves: {', '.join(sorted(models)) or 'nothing'}"
             )
+        is_vllm = str(models[self.model].get("owned_by", "")).lower() == "vllm"
+        if is_vllm:
+            self.engine = await self._vllm_version(quick)
         if self.structured is None:
-            self.structured = str(models[self.model].get("owned_by", "")).lower() == "vllm"
+            self.structured = is_vllm
+
+    async def _vllm_version(self, quick: openai.AsyncOpenAI) -> str:
+        """vLLM's ``/version`` (next to ``/v1``), for the run summary."""
+        root = self.base.removesuffix("/v1")
+        try:
+            answer = await quick.get(f"{root}/version", cast_to=httpx.Response)
+            return f"vLLM {answer.json()['version']}"
+        except (openai.APIError, ValueError, KeyError, TypeError):
+            return "vLLM"
 
     async def complete(self, request: ChatRequest) -> ChatAnswer:
         """Send one request (waiting for a free slot); the openai client retries transient failures."""
-        body = chat_body(self.model, request, bool(self.structured))
         async with self._slots:
             self.requests += 1
-            try:
-                raw = await self._api.chat.completions.with_raw_response.create(**body)
-            except openai.APITimeoutError:
-                raise LLMRequestError(f"gave up after {self.retries + 1} attempts: "
-                                      f"no answer within {self.timeout:g} s") from None
-            except openai.APIConnectionError as err:
-                raise LLMUnavailableError(f"lost the LLM server at {self.server}: "
-                                          f"connection failed: {_describe(err)}") from None
-            except openai.APIStatusError as err:
-                raise self._refusal(err) from None
+            raw = await self._send(request)
         try:
             parsed = json.loads(raw.text)
         except ValueError:
             raise LLMRequestError(f"malformed answer (not JSON): {raw.text[:200]!r}") from None
         return answer_from_body(parsed)
+
+    async def _send(self, request: ChatRequest) -> openai.APIResponse:
+        structured = bool(self.structured)
+        try:
+            return await self._api.chat.completions.with_raw_response.create(
+                **chat_body(self.model, request, structured))
+        except openai.APITimeoutError:
+            raise LLMRequestError(f"gave up after {self.retries + 1} attempts: "
+                                  f"no answer within {self.timeout:g} s") from None
+        except openai.APIConnectionError as err:
+            raise LLMUnavailableError(f"lost the LLM server at {self.server}: "
+                                      f"connection failed: {_describe(err)}") from None
+        except openai.APIStatusError as err:
+            if not (structured and err.status_code == 400 and _SCHEMA_REFUSAL.search(err.response.text)):
+                raise self._refusal(err) from None
+            if self.structured:  # the first request to hear it says so; the others just follow
+                self.structured = False
+                log.warning("the LLM server at %s rejected the JSON-schema response_format (%s); asking for "
+                            "free text instead (the cleaner parses it)", self.server, err.response.text[:160])
+        return await self._send(request)
 
     def _refusal(self, err: openai.APIStatusError) -> LLMError:
         """An HTTP error answer (after the client's retries) as one of our two outcomes."""

