@@ -14,6 +14,7 @@ weights the masks are meaningless; the run shows the time and that every stage r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -76,11 +77,14 @@ def main() -> None:
         result = run_once(samples)
         records = result["records"]
         removed = sorted({name for r in records for name in r["removed_classes"]})
-        groups = sum(len(r["ambiguity_groups"]) for r in records)
+        groups = sum(len(json.loads(r["ambiguity_groups"])) for r in records)  # stored as JSON text
         targets = sorted({r["ap_targets"] for r in records})
         print(f"run {run}: {result['seconds']:.1f} s wall (target <= {TARGET_SECONDS:.0f} s: "
               f"{'met' if result['seconds'] <= TARGET_SECONDS else 'NOT met'}); load average (1/5/15 min) "
               f"{result['load_before']} before, {result['load_after']} after")
+        images = sum(r["seconds"] for r in records)
+        print(f"  segmenting the images: {images:.1f} s; the rest (start, model build, encoding the texts, "
+              f"writing): {result['seconds'] - images:.1f} s")
         print(f"  images done: {sum(r['status'] == 'done' for r in records)}/{len(records)}; "
               f"RP removed: {', '.join(removed) or 'none'}; AP groups: {groups}; AP targets: {'; '.join(targets)}")
 
