@@ -10,6 +10,10 @@ Layout 1 (before the marker existed) replaced the extension (``masks/a.png``), s
 ``a.png`` overwrote each other. ``prepare_output`` migrates such a folder on first use: an output
 that only one record claims is renamed to its new name; outputs that several records claimed
 are deleted together with those records, so the images are segmented again.
+
+What an output folder holds is input: every path read from it or written into it goes through
+``freecp.files.contained`` (nothing outside the folder is read, written, moved or deleted on the
+word of a record), and output folders that are symlinks are refused.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ hash and the same run key (model, vocabulary, the text embedding vectors themsel
 so a re-run or a resumed run only does the rest. ``records.parquet`` is rebuilt from the JSON
 records at the end of a run, also when the run is interrupted or stopped by a full disk.
 
+Runs sharing a folder claim images (``freecp.claims``); a folder run does not end while an image
+it was asked for is held by another live run: it waits for that run's record, or for the claim to
+go stale and does the image itself (``wait_for_claimed``).
+
 One image never ends a run: whatever goes wrong while reading, segmenting or writing it becomes
 that image's failed record with its reason. Only a full disk stops the run (``DiskFullError``),
 as every later image would fail the same way.
