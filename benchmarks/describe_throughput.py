@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from freecp.describe.batch import describe_offline
 from freecp.describe.run import DescribeSummary, describe_vocabulary, model_to_ask
+from freecp.jobs import DescribeJob
 from freecp.describe.serve import LocalServer, find_vllm, local_model, server_command
 from freecp.stores.descriptions import DescriptionCache
 from freecp.vocab import load_vocabulary
@@ -56,7 +57,8 @@ def main() -> None:
     model = model_to_ask(None, args.llm_model)
     folder = local_model(model)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    plan = dict(per_class=args.per_class, max_requests=args.max_requests, max_tokens=args.max_tokens)
+    plan = dict(per_class=args.per_class, max_requests=args.max_requests, max_tokens=args.max_tokens,
+                temperature=DescribeJob.temperature)
     rows = []
     with tempfile.TemporaryDirectory() as root:
         server = LocalServer(server_command(model))

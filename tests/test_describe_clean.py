@@ -113,3 +113,20 @@ def test_answers_that_only_restate_the_class_name_are_not_descriptions():
     assert clean_answer(answer, ("cat", "kitten", "tabby cat")) == ["A cat sleeping on a sofa"]
     assert clean_answer("1. Dining table\n2. A dining table\n3. A wooden dining table", ("dining table",)) == [
         "A wooden dining table"]
+
+
+def test_a_long_json_item_is_split_like_a_line_and_an_echoed_question_dropped():
+    """SmolLM2 under the JSON schema often puts a whole paragraph, or its own numbered list, in one item."""
+    answer = json.dumps([
+        "How can you identify a cat in a photo? 1. Ears: The ears are pointed and upright. "
+        "2. Whiskers: Long white whiskers frame the muzzle.",
+        "The cat has a small pink nose and green eyes. Its striped fur is soft and dense, with a darker band "
+        "along the spine that runs all the way from the neck down to the long curled tail of the animal.",
+    ])
+    assert clean_answer(answer, ("cat",)) == [
+        "Ears: The ears are pointed and upright",
+        "Whiskers: Long white whiskers frame the muzzle",
+        "The cat has a small pink nose and green eyes",
+        "Its striped fur is soft and dense, with a darker band along the spine that runs all the way from the "
+        "neck down to the long curled tail of the animal",
+    ]

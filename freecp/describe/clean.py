@@ -15,7 +15,7 @@ import re
 
 from freecp.dedup import comparison_key
 
-CLEANING_VERSION = "2"  # 2: placeholders and bare class names are dropped
+CLEANING_VERSION = "2"  # 2: placeholders, bare class names and questions dropped; long JSON items split
 MIN_CHARS = 8
 MIN_WORDS = 2
 MAX_CHARS = 200
@@ -69,8 +69,8 @@ def parse_answer(text: str, truncated: bool = False) -> list[str]:
         text, truncated = text[:MAX_ANSWER_CHARS], True
     body = _FENCE.sub("\n", text)
     items = _json_items(body)
-    if items is not None:
-        return items
+    if items is not None:  # a long item (a paragraph, an inline numbered list) is split like a line
+        return [piece for item in items for piece in _split_line(item)]
     lines = body.strip().splitlines()
     one_line = len(lines) == 1
     if truncated and not one_line:
@@ -146,6 +146,6 @@ def _acceptable(text: str) -> bool:
     words = text.split()
     if not (MIN_CHARS <= len(text) <= MAX_CHARS and MIN_WORDS <= len(words) <= MAX_WORDS):
         return False
-    if sum(ch.isalpha() for ch in text) < len(text) / 2:
+    if sum(ch.isalpha() for ch in text) < len(text) / 2 or text.endswith("?"):  # a question (often ours, echoed)
         return False
     return not (_CHATTER.search(text) or _NON_VISUAL.search(text) or _CODE.search(text) or _PLACEHOLDER.match(text))
