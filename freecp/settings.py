@@ -82,7 +82,8 @@ class SegmentSettings:
             raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
         if self.scope not in ("window", "image"):
             raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
-        for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "workers", "max_pixels"):
+        for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "workers", "max_pixels",
+                     "pamr_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
@@ -95,8 +96,6 @@ class SegmentSettings:
         check_float_order(self.float_order)
         if self.ap_texts not in AP_TEXTS:
             raise ValueError(f"unknown AP texts {self.ap_texts!r}; choose one of {', '.join(AP_TEXTS)}")
-        if not isinstance(self.pamr_steps, int) or isinstance(self.pamr_steps, bool) or self.pamr_steps < 1:
-            raise ValueError(f"pamr-steps must be a whole number of at least 1, not {self.pamr_steps!r}")
         if not self.pamr_dilations or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.pamr_dilations):
             raise ValueError(f"pamr-dilations must be whole numbers of at least 1, not {self.pamr_dilations!r}")

@@ -57,13 +57,14 @@ def test_cli_records_pamr_and_ap_texts_and_a_change_redoes_the_images(tmp_path) 
         assert set(records.status) == {"done"}
         assert set(records.pamr) == {"applied"} and set(records.ap_texts) == {"names"}
         assert set(records.ap_targets) == {"class names (ap-texts names)"}
-        again = runner.invoke(app, [*common, "--no-pamr", "--ap-texts", "names"])
+        again = runner.invoke(app, [*common, "--no-pamr", "--ap-texts", "random"])
         assert again.exit_code == 0, again.output
     redone = pd.read_parquet(out / "records.parquet")
     assert set(redone.status) == {"done"} and set(redone.pamr) == {"off"}  # another run key: segmented anew
     assert set(redone.run_key).isdisjoint(records.run_key)
     record = json.loads((out / ".records" / "im0.png.json").read_text())
-    assert record["pamr"] == "off" and record["ap_texts"] == "names"
+    assert record["pamr"] == "off" and record["ap_texts"] == "random"
+    assert record["ap_targets"] == "class names (no random-word descriptor embeddings)"  # the store has none
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -141,3 +142,20 @@ def test_pamr_out_of_memory_keeps_the_image_and_says_so(tiny_backbone, tiny_voc2
         refused = Segmenter(tiny_backbone, vocab, tiny_voc21_embeddings, settings.replace(pamr=True)).segment(image)
     assert plain.pamr == "off" and refused.pamr == "skipped: out of memory"
     assert np.array_equal(plain.labels, refused.labels)
+
+
+def test_random_control_counts_the_descriptions_the_store_holds(tmp_path, tiny_backbone) -> None:
+    from freecp.encoding import ensure_encoded, load_embeddings
+    from freecp.stores.embeddings import EmbeddingStore
+
+    vocab = load_vocabulary(["background: wall", "cat", "dog", "bird"])
+    store = EmbeddingStore(str(tmp_path / "store"))
+    with one_torch_thread():
+        ensure_encoded(store, vocab, tiny_backbone, {"cat": ["a pet.", "a tail.", "whiskers."], "dog": ["barks."]})
+        plain = load_embeddings(store, vocab, tiny_backbone)
+        counted = load_embeddings(store, vocab, tiny_backbone, description_counts=True)
+        control = Segmenter(tiny_backbone, vocab, counted, SegmentSettings(ap_texts="random"))
+    assert plain.description_counts is None
+    assert counted.description_counts.tolist() == [0, 3, 1, 0]
+    assert control.embeddings.described.tolist() == [False, True, True, False]
+    assert control.ap_targets == "random-word descriptors; class names for 1 classes without any"
