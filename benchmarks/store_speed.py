@@ -37,7 +37,7 @@ class SyntheticBackbone:
 
     def __init__(self, dim: int) -> None:
         self.embed_dim = dim
-        self.model_key = f"synthetic/random-unit-vectors-{dim}"
+        self.text_key = f"synthetic/random-unit-vectors-{dim}"
         self.rng = np.random.default_rng(0)
 
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -54,7 +54,7 @@ def timed(action) -> tuple[float, object]:
 def encode_throughput(backbone, texts: int, batch_sizes: list[int]) -> None:
     sample = [f"a photo of a thing number {i} with some detail" for i in range(texts)]
     backbone.encode_texts(sample[:2], batch_size=2)  # warm-up
-    print(f"\n1. encode throughput, {texts} raw texts, {backbone.model_key}")
+    print(f"\n1. encode throughput, {texts} raw texts, {backbone.text_key}")
     for size in batch_sizes:
         seconds, _ = timed(lambda: backbone.encode_texts(sample, batch_size=size))
         print(f"   batch {size:4d}: {texts / seconds:8.1f} texts/s  ({seconds:.2f} s)")
@@ -95,7 +95,7 @@ def read_times(url: str, sizes: list[int], per_class: int, dim: int, repeats: in
     for label in ("as written", "after compact"):
         if label == "after compact":
             store.compact()
-        shards = sum(m.shards for m in store.list_models() if m.model_key == backbone.model_key)
+        shards = sum(m.shards for m in store.list_models() if m.model_key == backbone.text_key)
         for size in sizes:
             runs = [timed(lambda: load_embeddings(EmbeddingStore(url), vocabularies[size], backbone))[0]
                     for _ in range(repeats)]

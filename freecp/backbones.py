@@ -33,7 +33,7 @@ class Backbone(Protocol):
 class TextEncoder(Protocol):
     """The text side the encoder runs into the embedding store."""
 
-    model_key: str  # the store keeps vectors per model key
+    text_key: str  # the store keeps vectors per text key: model key and float order (``freecp.text_keys``)
     embed_dim: int
 
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor: ...

@@ -11,6 +11,7 @@ this weights request (``freecp.clip.keys``; the first run of a request builds th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -21,10 +22,15 @@ from freecp.backbones import TextEncoder
 from freecp.clip.keys import weights_request
 from freecp.jobs import ClipModel, EncodeJob
 from freecp.progress import ProgressCallback
+from freecp.resources import shipped_description_cache
+from freecp.settings import check_float_order
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import CLASS, DESCRIPTION, EmbeddingStore, EncodeSummary, unique_means
 from freecp.templates import IMAGENET_TEMPLATES
-from freecp.vocab import Vocabulary
+from freecp.text_keys import float_order_of
+from freecp.vocab import Vocabulary, load_vocabulary
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch loads only where vectors are computed or become tensors
     import torch
@@ -37,24 +43,27 @@ def encode(vocab: Vocabulary, job: EncodeJob, on_progress: ProgressCallback | No
     clip = job.clip
     return encode_vocabulary(vocab, store=job.store, model=clip.model, pretrained=clip.pretrained,
                              clip_checkpoint=clip.clip_checkpoint, descriptions=job.descriptions, device=clip.device,
-                             on_progress=on_progress, batch_size=job.batch_size, quick_gelu=clip.quick_gelu)
+                             on_progress=on_progress, batch_size=job.batch_size, quick_gelu=clip.quick_gelu,
+                             float_order=job.float_order)
 
 
 def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model: str = ClipModel.model,
                       pretrained: str | None = ClipModel.pretrained, clip_checkpoint: str | None = None,
                       descriptions: str | None = None, device: str = ClipModel.device,
                       on_progress: ProgressCallback | None = None, batch_size: int = EncodeJob.batch_size,
-                      quick_gelu: bool | None = None) -> EncodeSummary:
+                      quick_gelu: bool | None = None, float_order: str = EncodeJob.float_order) -> EncodeSummary:
     """Encode every text ``vocab`` needs that the store lacks; returns counts encoded and reused.
 
     ``descriptions`` is a description cache URL; the vocabulary's cached descriptions are
     encoded too, and each class's average becomes its AP target. ``batch_size`` is texts per
     forward pass of the text tower. ``quick_gelu`` picks the activation of a checkpoint
-    (None: detect, see ``freecp.clip.activation``).
+    (None: detect, see ``freecp.clip.activation``); ``float_order`` the text tower's path, and
+    with it the key the vectors are stored under (``freecp.text_keys``).
     """
+    check_float_order(float_order)
     embeddings = EmbeddingStore(store)
     texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
-    request = weights_request(model, pretrained, clip_checkpoint, quick_gelu=quick_gelu)
+    request = weights_request(model, pretrained, clip_checkpoint, quick_gelu=quick_gelu, float_order=float_order)
     key = embeddings.key_for(request)
     summary = embeddings.up_to_date(vocab, key, texts) if key is not None else None
     if summary is not None:
@@ -62,10 +71,20 @@ def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model:
     from freecp.clip.model import load_backbone
 
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             quick_gelu=quick_gelu)
+                             quick_gelu=quick_gelu, float_order=float_order)
     summary = ensure_encoded(embeddings, vocab, backbone, texts, on_progress=on_progress, batch_size=batch_size)
-    embeddings.remember_key(request, backbone.model_key)
+    embeddings.remember_key(request, backbone.text_key)
     return summary
+
+
+def shipped_descriptions(vocab: Vocabulary) -> dict[str, list[str]] | None:
+    """The descriptions freecp ships for ``vocab`` when it is a shipped vocabulary that has a
+    description cache (``samples``, so the first command's AP scores crops against descriptions
+    offline), else None."""
+    folder = shipped_description_cache(vocab.name)
+    if folder is None or vocab.content_hash != load_vocabulary(vocab.name).content_hash:
+        return None
+    return DescriptionCache(str(folder)).descriptions_for(vocab)
 
 
 def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncoder,
@@ -81,7 +100,11 @@ def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncod
 
     started = time.monotonic()
     dim = int(backbone.embed_dim)
-    plan = store.plan(vocab, backbone.model_key, dim, descriptions)
+    plan = store.plan(vocab, backbone.text_key, dim, descriptions)
+    if (plan.new_classes or plan.new_descriptions) and (bare := store.unrecorded_twin(plan.key)):
+        log.warning("%s holds vectors of %s from a text tower nobody recorded (written before float orders "
+                    "were); they are not reused: encoding %s once under float order %r", store.url, bare,
+                    vocab.name, float_order_of(plan.key))
     writer = store.writer(plan, dim)
     fresh: dict[str, np.ndarray] = {}
     names_per_call = max(1, round(batch_size / len(IMAGENET_TEMPLATES)))
@@ -101,17 +124,17 @@ def ensure_encoded(store: EmbeddingStore, vocab: Vocabulary, backbone: TextEncod
 
 
 def load_embeddings(store: EmbeddingStore, vocab: Vocabulary,
-                    backbone_or_model_key: TextEncoder | str) -> ClassEmbeddings:
+                    backbone_or_text_key: TextEncoder | str) -> ClassEmbeddings:
     """The vocabulary's query and description matrices from ``store``, as the segmenter's tensors
-    (no encoding); a model key alone skips the dimension check."""
+    (no encoding); a text key alone (``freecp.text_keys``) skips the dimension check."""
     import torch
 
     from freecp.clip.text import ClassEmbeddings
 
-    if isinstance(backbone_or_model_key, str):
-        key, dim = backbone_or_model_key, None
+    if isinstance(backbone_or_text_key, str):
+        key, dim = backbone_or_text_key, None
     else:
-        key, dim = backbone_or_model_key.model_key, int(backbone_or_model_key.embed_dim)
+        key, dim = backbone_or_text_key.text_key, int(backbone_or_text_key.embed_dim)
     stored = store.load_vectors(vocab, key, dim)
     return ClassEmbeddings(
         queries=torch.from_numpy(stored.queries),

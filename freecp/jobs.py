@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, fields
 from freecp.defaults import (DEFAULT_CACHE, DEFAULT_CLIP_MODEL, DEFAULT_MAX_TOKENS, DEFAULT_PRETRAINED,
                              DEFAULT_STORE, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL, PROMPT_SET, SMOLLM2_NAME)
 from freecp.flatten import option
-from freecp.settings import PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
+from freecp.settings import FLOAT_ORDERS, PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
 from freecp.weights import Weights
 
+FLOAT_ORDER_HELP = (f"Float32 order of the text tower and refinement: {' or '.join(FLOAT_ORDERS)} "
+                    "(the reference's sums bit for bit, slower; same results up to rounding).")
 QUICK_GELU_HELP = ("Activation for --clip-checkpoint weights: QuickGELU (OpenAI's) or GELU. "
                    "Default: detected from the file (see README); ambiguous files are refused.")
 
@@ -64,6 +66,7 @@ class SettingsOverrides:
     precision: str | None = option(
         None, f"Model precision: {', '.join(PRECISIONS)} (fp16/bf16 autocast: for GPUs, not exact).")
     max_pixels: int | None = option(None, "Refuse images with more pixels than this.")
+    float_order: str = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)
 
     def settings(self, preset: str) -> SegmentSettings:
         """The preset of a benchmark vocabulary (defaults for any other) with these overrides."""
@@ -143,3 +146,4 @@ class EncodeJob:
     store: str = option(DEFAULT_STORE, "Embedding store root: a local directory or s3://bucket/prefix.")
     descriptions: str | None = option(None, "Description cache URL; its descriptions of the classes are encoded too.")
     batch_size: int = option(256, "Texts per forward pass of the text tower.", minimum=1)
+    float_order: str = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)

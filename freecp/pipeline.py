@@ -38,6 +38,7 @@ import numpy as np
 
 from freecp.claims import claim
 from freecp.clip import embed_vocabulary, load_backbone
+from freecp.encoding import ensure_encoded, load_embeddings, shipped_descriptions
 from freecp.templates import IMAGENET_TEMPLATES
 from freecp.files import atomic_write
 from freecp.inputs import ImageSearch, find_images
@@ -157,23 +158,28 @@ def build_segmenter(vocab: Vocabulary, *, model: str = ClipModel.model, pretrain
                     on_progress: ProgressCallback | None = None, quick_gelu: bool | None = None) -> Segmenter:
     """Load the backbone and the vocabulary's text embeddings (from a store when given);
     ``on_progress`` hears about texts the store lacks being encoded, and ``quick_gelu`` picks the
-    activation of a checkpoint (None: detect, see ``freecp.clip.activation``)."""
+    activation of a checkpoint (None: detect, see ``freecp.clip.activation``). A shipped
+    vocabulary's shipped descriptions (the samples') are encoded too, unless the store records
+    descriptions of its own for it."""
     settings = settings or SegmentSettings()
     backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu)
+                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu,
+                             float_order=settings.float_order)
     if cut := names_cut_by_context(backbone.tokenizer, vocab.queries):
         log.warning("%d class names are longer than the text tower's %d tokens and are cut short "
                     "(names cut alike get the same vector): %s", len(cut),
                     getattr(backbone.tokenizer, "context_length", 77), "; ".join(cut))
+    shipped = shipped_descriptions(vocab)  # the samples' descriptions, for a store that has none of its own
     if store is None:
-        embeddings = embed_vocabulary(backbone, vocab)
+        embeddings = embed_vocabulary(backbone, vocab, shipped)
     else:
-        from freecp.encoding import ensure_encoded, load_embeddings
         from freecp.stores.embeddings import EmbeddingStore
 
         embedding_store = EmbeddingStore(store)
         if encode_missing:
-            ensure_encoded(embedding_store, vocab, backbone, on_progress=on_progress)
+            if shipped and embedding_store.inspect(vocab, backbone.text_key).described:
+                shipped = None
+            ensure_encoded(embedding_store, vocab, backbone, shipped, on_progress=on_progress)
         embeddings = load_embeddings(embedding_store, vocab, backbone)
     log.info("segmenter ready: CLIP %s, vocabulary %s (%d classes), text embeddings from %s",
              backbone.model_key, vocab.name, len(vocab), store or "a fresh encoding")

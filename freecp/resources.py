@@ -1,8 +1,9 @@
-"""The folders that ship with freecp (vocabularies, prompts, sample photos, model configs).
+"""The folders that ship with freecp (vocabularies, prompts, sample photos, description caches,
+model configs).
 
-In a checkout they are the top-level ``vocab/``, ``prompts/`` and ``samples/`` folders, where a
-user reads and edits them; ``freecp/vocabularies``, ``freecp/prompts`` and ``freecp/samples``
-are links to them, so the same names resolve inside the package in a checkout, an editable
+In a checkout they are the top-level ``vocab/``, ``prompts/``, ``samples/`` and ``descriptions/``
+folders, where a user reads and edits them; ``freecp/vocabularies``, ``freecp/prompts``,
+``freecp/samples`` and ``freecp/descriptions`` are links to them, so the same names resolve inside the package in a checkout, an editable
 install and a wheel (which carries the files themselves). ``importlib.resources`` finds them
 wherever freecp is installed, never relative to the current directory.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 VOCABULARIES = "vocabularies"
 PROMPTS = "prompts"
 SAMPLES = "samples"
+DESCRIPTIONS = "descriptions"  # description caches made for shipped vocabularies, one folder each
 MODEL_CONFIGS = "clip/model_configs"
 
 
@@ -26,3 +28,9 @@ def shipped(folder: str) -> Path:
 def sample_images() -> Path:
     """The folder of sample photos that ``freecp segment`` can run on without any dataset."""
     return shipped(SAMPLES)
+
+
+def shipped_description_cache(vocab_name: str) -> Path | None:
+    """The description cache made for the shipped vocabulary ``vocab_name`` (read only), or None."""
+    folder = shipped(DESCRIPTIONS) / vocab_name
+    return folder if vocab_name.isidentifier() and folder.is_dir() else None

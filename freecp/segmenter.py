@@ -115,6 +115,10 @@ class Segmenter:
         self.vocab = vocab
         self.embeddings = embeddings
         self.settings = settings or SegmentSettings()
+        if getattr(backbone, "float_order", self.settings.float_order) != self.settings.float_order:
+            raise ValueError(f"the backbone's text tower runs in float order {backbone.float_order!r}, the settings "
+                             f"ask for {self.settings.float_order!r}: load it with float_order="
+                             f"{self.settings.float_order!r}")
         if len(embeddings.query_class) != len(vocab.queries):
             raise ValueError("text embeddings do not match the vocabulary's names")
         self.foreground = torch.tensor(vocab.foreground_indices)
@@ -194,7 +198,7 @@ class Segmenter:
         with timer("refine"):
             normalized = global_minmax(fg_cams, bounds_from=probs)  # bounds over ALL queries, as the reference
             refined = refine(normalized, affinity_transition(attention), s.box_threshold,
-                             reference_order=s.protocol == "freecp")
+                             reference_order=s.float_order == "reference")
         with timer("rp"):
             rp_scores, keep = self._redundancy(fg_cams, refined)
             survivors = keep.any(dim=0)

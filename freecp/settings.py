@@ -19,12 +19,23 @@ ScFormula = Literal["half-dice", "soft-iou"]
 PurifyScope = Literal["window", "image"]
 Precision = Literal["fp32", "fp16", "bf16"]
 BoxRule = Literal["contours", "components"]
+# The float32 summation order of the text tower and refinement (same functions, rounding apart):
+# "fast" cuts each text batch to its longest prompt with fused attention and refines all classes
+# in one product; "reference" is the reference's order, bit for bit (the parity suite's).
+FloatOrder = Literal["fast", "reference"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)    # the one list of last-block variants
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+FLOAT_ORDERS: tuple[str, ...] = get_args(FloatOrder)
 # How a run is carried out, not what it computes: left out of the settings hash.
 RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "workers", "max_pixels")
+
+
+def check_float_order(value: str) -> None:
+    """ValueError, in one line, unless ``value`` is a float order (settings, encode, the backbone)."""
+    if value not in FLOAT_ORDERS:
+        raise ValueError(f"unknown float order {value!r}; choose one of {', '.join(FLOAT_ORDERS)}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class SegmentSettings:
     prefetch: int = 2              # images read and prepared ahead of the model (0: in turn)
     workers: int = 1               # model calls of a folder run at once, torch's threads split between them
     precision: Precision = "fp32"  # model calls in fp32, or autocast to fp16 / bf16 (not exact)
+    float_order: FloatOrder = "fast"  # "reference": the reference's float32 sums, bit for bit (slower)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
 
     def __post_init__(self) -> None:
@@ -72,6 +84,7 @@ class SegmentSettings:
             raise ValueError("stride must be positive and at most the window size")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_float_order(self.float_order)
         if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
             raise ValueError(f"prefetch must be a whole number of at least 0, not {self.prefetch!r}")
 
@@ -92,7 +105,7 @@ class SegmentSettings:
         return hashlib.sha256(json.dumps(self.output_fields(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Reference thresholds and geometry per benchmark vocabulary (ALGORITHM.md section 5).
+# Reference thresholds and geometry per benchmark vocabulary (ALGORITHM.md section 5), and the samples'.
 PRESETS: dict[str, dict[str, Any]] = {
     "voc21": dict(rp_threshold=0.15, ap_threshold=0.8),
     "context60": dict(rp_threshold=0.10, ap_threshold=0.7),
@@ -102,6 +115,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "coco_stuff": dict(rp_threshold=0.05, ap_threshold=0.7),
     "ade150": dict(rp_threshold=0.05, ap_threshold=0.7),
     "cityscapes": dict(rp_threshold=0.10, ap_threshold=0.8, short_side=560, window=224, stride=112),
+    # The shipped sample photos (the README's first command, random weights): a 384 short side
+    # (one row of windows per photo, so the command stays short) and an RP threshold at which
+    # random weights keep some of the 7 classes and drop others, so RP and AP both act.
+    "samples": dict(rp_threshold=0.075, ap_threshold=0.8, short_side=384),
 }
 
 

@@ -137,7 +137,7 @@ def test_vectors_read_back_equal_fresh_ones_and_a_rerun_encodes_nothing(store_ur
 
     reader = EmbeddingStore(store_url)  # a new instance: nothing is remembered in memory
     _assert_same(load_embeddings(reader, vocab, tiny), fresh(vocab, DESCRIPTIONS_A))
-    _assert_same(load_embeddings(reader, vocab, tiny.model_key), fresh(vocab, DESCRIPTIONS_A))
+    _assert_same(load_embeddings(reader, vocab, tiny.text_key), fresh(vocab, DESCRIPTIONS_A))
 
     files_before = reader.root.list_files()
     again = ensure_encoded(EmbeddingStore(store_url), vocab, tiny, DESCRIPTIONS_A)
@@ -170,7 +170,7 @@ def test_a_run_without_descriptions_keeps_them_and_new_ones_replace_them(tmp_pat
     summary = ensure_encoded(store, vocab, tiny, changed)
     assert (summary.descriptions_encoded, summary.descriptions_reused) == (1, 2)  # dog's is kept
     _assert_same(load_embeddings(store, vocab, tiny), fresh(vocab, {**DESCRIPTIONS_A, **changed}))
-    coverage = store.inspect(vocab, tiny.model_key)
+    coverage = store.inspect(vocab, tiny.text_key)
     assert coverage.complete and [c.descriptions for c in coverage.classes] == [0, 2, 1]
 
 
@@ -185,7 +185,7 @@ def test_vectors_of_another_model_are_refused(tmp_path, tiny):
         load_embeddings(store, vocab, other)
 
     class SameKeyOtherDim:  # what a checkpoint mislabelled with this model's key would look like
-        model_key = tiny.model_key
+        text_key = tiny.text_key
         embed_dim = tiny.embed_dim * 2
 
     with pytest.raises(ModelMismatchError, match="dim 64.*dim 128"):
@@ -194,8 +194,8 @@ def test_vectors_of_another_model_are_refused(tmp_path, tiny):
         ensure_encoded(store, vocab, SameKeyOtherDim())
 
     # A shard of one model copied into another model's folder is refused, not read as garbage.
-    shard = _shards(store, tiny.model_key, CLASS)[0]
-    store.root.write_bytes(f"{MODELS_DIR}/{model_dir(other.model_key)}/{CLASS}/copied.parquet",
+    shard = _shards(store, tiny.text_key, CLASS)[0]
+    store.root.write_bytes(f"{MODELS_DIR}/{model_dir(other.text_key)}/{CLASS}/copied.parquet",
                            store.root.read_bytes(shard))
     with pytest.raises(ModelMismatchError, match="holds vectors of freecp-tiny/random-seed0"):
         ensure_encoded(store, vocab, other)
@@ -207,7 +207,7 @@ def test_missing_texts_are_a_clear_error(tmp_path, tiny):
     with pytest.raises(MissingEmbeddingsError, match=f"freecp encode inline --store {tmp_path}"):
         load_embeddings(store, vocab, tiny)
     ensure_encoded(store, vocab, tiny)
-    for shard in _shards(store, tiny.model_key, CLASS):
+    for shard in _shards(store, tiny.text_key, CLASS):
         store.root.delete(shard)
     with pytest.raises(MissingEmbeddingsError, match="2 vectors .* are missing"):
         load_embeddings(store, vocab, tiny)
@@ -227,7 +227,7 @@ def test_a_store_left_by_a_killed_writer_reads_cleanly_and_resumes(tmp_path, tin
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     store = EmbeddingStore(url)
-    key = tiny.model_key
+    key = tiny.text_key
     assert len(_shards(store, key, CLASS)) == 2
     # A write killed between creating its temporary file and renaming it leaves exactly this:
     # a partial file under a temporary name next to the finished shards.
@@ -283,11 +283,11 @@ def test_compaction_merges_shards_and_keeps_every_row(tmp_path, tiny, fresh):
     ensure_encoded(store, vocab_a, tiny, DESCRIPTIONS_A, batch_size=80)
     ensure_encoded(store, vocab_b, tiny, batch_size=80)
     rows_before = store.list_models()[0].rows
-    assert len(_shards(store, tiny.model_key, CLASS)) == 5
+    assert len(_shards(store, tiny.text_key, CLASS)) == 5
 
     merged = store.compact()
-    assert merged == {f"{tiny.model_key} {CLASS}": (5, 5)}
-    assert len(_shards(store, tiny.model_key, CLASS)) == 1
+    assert merged == {f"{tiny.text_key} {CLASS}": (5, 5)}
+    assert len(_shards(store, tiny.text_key, CLASS)) == 1
     assert store.list_models()[0].rows == rows_before
     _assert_same(load_embeddings(store, vocab_a, tiny), fresh(vocab_a, DESCRIPTIONS_A))
     _assert_same(load_embeddings(store, vocab_b, tiny), fresh(vocab_b))

@@ -53,7 +53,9 @@ def test_every_cli_option_is_a_flow_parameter_with_the_same_default_and_back(com
                  if cli[name] is not ... and flow_parameters[name] is not ... and cli[name] != flow_parameters[name]}
     assert not differing
     if command == "segment":  # the options the flow once dropped are there
-        assert {"quick_gelu", "box_rule", "batch_images", "prefetch"} <= set(flow_parameters)
+        assert {"quick_gelu", "box_rule", "batch_images", "prefetch", "float_order"} <= set(flow_parameters)
+    if command == "encode":  # the text tower's path decides the vectors, so encode has the switch too
+        assert flow_parameters["float_order"] == cli["float_order"] == "fast"
 
 
 def test_build_vocabulary_takes_describe_and_encode_parameters_but_its_own_descriptions() -> None:

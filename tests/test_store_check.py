@@ -38,14 +38,14 @@ def test_bad_files_are_skipped_by_readers_and_quarantined_by_store_check(tmp_pat
     with one_torch_thread():
         ensure_encoded(store, VOCAB, tiny_backbone)
     good = load_embeddings(store, VOCAB, tiny_backbone)
-    junk = _junk(tmp_path / "store" / MODELS_DIR / model_dir(tiny_backbone.model_key) / CLASS)
+    junk = _junk(tmp_path / "store" / MODELS_DIR / model_dir(tiny_backbone.text_key) / CLASS)
     cache = DescriptionCache(url)
     cache.append([entry("k1", "cat", ["Pointed ears"])])
     cache_junk = _junk(tmp_path / "store" / SHARD_DIR)
 
     again = EmbeddingStore(url)
     assert torch.equal(load_embeddings(again, VOCAB, tiny_backbone).queries, good.queries)
-    assert [m.model_key for m in again.list_models()] == [tiny_backbone.model_key]
+    assert [m.model_key for m in again.list_models()] == [tiny_backbone.text_key]
     assert [e.key for e in DescriptionCache(url).entries()] == ["k1"]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert all(name in warned for name in junk)

@@ -6,8 +6,8 @@ from freecp.settings import SegmentSettings, settings_for
 from freecp.vocab import VocabularyError, load_vocabulary, parse_vocabulary, shipped_vocabularies
 
 
-def test_all_eight_benchmarks_ship_with_their_sizes_and_background():
-    expected = {"voc21": (21, True), "voc20": (20, False), "context60": (60, True), "context59": (59, False),
+def test_all_eight_benchmarks_and_the_sample_vocabulary_ship_with_their_sizes_and_background():
+    expected = {"samples": (8, True), "voc21": (21, True), "voc20": (20, False), "context60": (60, True), "context59": (59, False),
                 "coco_object": (81, True), "coco_stuff": (171, False), "ade150": (150, False),
                 "cityscapes": (19, False)}
     assert set(shipped_vocabularies()) == set(expected)

@@ -4,7 +4,8 @@ What runs: ``pip wheel`` builds the wheel from this checkout; a new venv gets it
 ``pip install --no-deps``; then, with the checkout off ``sys.path`` (no PYTHONPATH, the current
 directory a temporary folder), the venv's Python loads a shipped vocabulary, renders a shipped
 prompt and finds the shipped ``freecp-tiny`` model config, the venv's ``freecp`` segments one
-shipped sample photo with ``--pretrained none``, and one ``segment-images`` flow run goes
+shipped sample photo with ``--pretrained none`` and the sample vocabulary (AP on the descriptions
+shipped for it), and one ``segment-images`` flow run goes
 through the session's real Prefect server.
 
 The venv is made with ``--system-site-packages`` (and no pip of its own) so that it reuses this
@@ -22,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.fixtures_prefect import FLOW_VOCAB, TINY_CLIP
@@ -99,10 +101,13 @@ def test_installed_freecp_segments_a_shipped_sample(wheel_venv):
     samples = Path(_run(venv, [freecp, "samples"], env).stdout.strip())
     assert samples.is_relative_to(venv)
     out = Path(env["FREECP_STORE"]).parent / "out"
-    done = _run(venv, [freecp, "segment", str(samples / "cat.jpg"), "--vocab", "voc21", "--out", str(out),
+    done = _run(venv, [freecp, "segment", str(samples / "cat.jpg"), "--vocab", "samples", "--out", str(out),
                        "--model", "freecp-tiny", "--pretrained", "none", *SMALL], env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (out / "masks" / "cat.jpg.png").is_file() and (out / "records.parquet").is_file()
+    # AP scores crops against the descriptions shipped for the sample vocabulary, read from the wheel.
+    (record,) = pq.read_table(out / "records.parquet").to_pylist()
+    assert record["ap_targets"] == "descriptions"
 
 
 def test_installed_flow_runs_against_a_real_prefect_server(wheel_venv, prefect_env: dict[str, str]):

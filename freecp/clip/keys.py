@@ -4,8 +4,9 @@ A model key (``ClipBackbone.model_key``) names what ``load_backbone`` built; sin
 activation detection (``freecp.clip.activation``) it depends on open_clip's configs and registry,
 and for some files on their tensors, so it cannot be worked out without torch. A *request*
 can: the model name, the tag (or the checkpoint file's content hash), the seed, the activation
-choice, and the freecp and open_clip versions whose rules turn a request into a key. The
-embedding store remembers which key each request was resolved to (``EmbeddingStore.remember_key``),
+choice, the float order (the text tower's path), and the freecp and open_clip versions whose
+rules turn a request into a key. The embedding store remembers which text key
+(``freecp.text_keys``) each request was resolved to (``EmbeddingStore.remember_key``),
 so ``freecp encode`` re-run on an encoded vocabulary decides without building (or importing) the model.
 """
 
@@ -17,14 +18,17 @@ from pathlib import Path
 
 import freecp
 from freecp.clip.errors import WeightsUnavailableError
+from freecp.settings import SegmentSettings
 from freecp.weights import is_random
 
 HASH_CHUNK = 1 << 20
 
 
 def weights_request(model_name: str, pretrained: str | None = "openai", checkpoint: str | Path | None = None,
-                    seed: int = 0, quick_gelu: bool | None = None) -> str:
+                    seed: int = 0, quick_gelu: bool | None = None, float_order: str = SegmentSettings.float_order) -> str:
     """The request these ``load_backbone`` arguments make, as one string (a checkpoint wins over the tag).
+
+    The float order is part of it: it picks the text tower's path, so the text key it resolves to.
 
     Raises ``WeightsUnavailableError`` for a checkpoint file that does not exist.
     """
@@ -35,7 +39,7 @@ def weights_request(model_name: str, pretrained: str | None = "openai", checkpoi
         weights = f"file-{file_hash(path)}"
     else:
         weights = f"random-seed{seed}" if is_random(pretrained) else f"tag-{pretrained}"
-    return (f"{model_name}|{weights}|quick_gelu={quick_gelu}"
+    return (f"{model_name}|{weights}|quick_gelu={quick_gelu}|float_order={float_order}"
             f"|freecp {freecp.__version__}|open_clip {_open_clip_version()}")
 
 

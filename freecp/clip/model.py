@@ -36,6 +36,8 @@ from freecp.defaults import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED
 from freecp.clip.keys import file_hash
 from freecp.weights import is_random
 from freecp.resources import MODEL_CONFIGS, shipped
+from freecp.settings import SegmentSettings, check_float_order
+from freecp.text_keys import text_key
 
 open_clip.add_model_config(shipped(MODEL_CONFIGS))
 logger = logging.getLogger(__name__)
@@ -86,14 +88,17 @@ class ClipBackbone:
 
     def __init__(self, model: open_clip.CLIP, tokenizer, model_name: str, model_key: str,
                  variant: str = "sclip", protocol: str = "freecp", device: str = "cpu",
-                 architecture: str | None = None) -> None:
+                 architecture: str | None = None, float_order: str = SegmentSettings.float_order) -> None:
         if protocol not in LAST_BLOCK_PATHS or variant not in LAST_BLOCK_PATHS[protocol]:
             raise ValueError(f"unknown variant/protocol {variant!r}/{protocol!r}")
+        check_float_order(float_order)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.architecture = architecture or model_name  # the open_clip config built, e.g. ViT-B-16-quickgelu
         self.model_key = model_key
+        self.float_order = float_order  # the text tower's path (the image side has one order)
+        self.text_key = text_key(model_key, float_order)  # what the embedding store files text vectors under
         self.variant = variant
         self.protocol = protocol
         self.device = torch.device(device)
@@ -116,31 +121,31 @@ class ClipBackbone:
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
 
     def _text_forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The text tower as the reference runs it, so its float32 embeddings come out bit for bit.
+        """The text tower in the backbone's float order (``freecp.settings.FloatOrder``).
 
-        For OpenAI-style towers: the full 77-token context, sequence-first, each block's attention
-        through ``F.multi_head_attention_forward`` (the path of a sequence-first
-        ``nn.MultiheadAttention``, not the fused kernel a batch-first one takes at inference).
-        Cutting the context to the longest text would be about 2.5x faster and equal to float
-        precision, but not bit for bit: an attention softmax sums in an order its length sets.
-        Other towers use open_clip's own forward.
+        For OpenAI-style towers, ``reference`` runs it as the reference does, so its float32
+        embeddings come out bit for bit: the full 77-token context, sequence-first, each block's
+        attention through ``F.multi_head_attention_forward`` (not the fused kernel a batch-first
+        ``nn.MultiheadAttention`` takes at inference). ``fast`` cuts the tokens to the batch's
+        longest text and runs open_clip's blocks (fused attention): the causal mask keeps the
+        padding after the end token from reaching it, and the end token (the largest id) is what
+        gets pooled, so this is the same function, about 2.5x faster, equal to float32 rounding
+        (an attention softmax sums in an order its length sets). Other towers use open_clip's forward.
         """
         model = self.model
         if not (isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
                 and model.attn_mask is not None):
             return model.encode_text(tokens)
         cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)
-        x = x.permute(1, 0, 2)  # [T, B, width]
-        mask = model.attn_mask.to(cast)
-        for block in model.transformer.resblocks:
-            y, attn = block.ln_1(x), block.attn
-            mixed = F.multi_head_attention_forward(
-                y, y, y, y.shape[-1], attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False,
-                0.0, attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False, attn_mask=mask)[0]
-            x = x + block.ls_1(mixed)
-            x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        x = model.ln_final(x.permute(1, 0, 2))
+        length = tokens.shape[1] if self.float_order == "reference" else int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :length]
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+        mask = model.attn_mask[:length, :length].to(cast)
+        if self.float_order == "reference":
+            x = _reference_text_blocks(model.transformer.resblocks, x, mask)
+        else:
+            x = model.transformer(x, attn_mask=mask)
+        x = model.ln_final(x)
         pooled = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
         return model.text_projection(pooled) if isinstance(model.text_projection, torch.nn.Linear) \
             else pooled @ model.text_projection
@@ -277,6 +282,20 @@ def _block_with_attention(block, x: torch.Tensor, qkv: tuple[torch.Tensor, torch
     return x, weights
 
 
+def _reference_text_blocks(blocks, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The text blocks on x [B, T, width] as the reference runs them (``ClipBackbone._text_forward``):
+    sequence-first, attention through ``F.multi_head_attention_forward``, unfused."""
+    x = x.permute(1, 0, 2)  # [T, B, width]
+    for block in blocks:
+        y, attn = block.ln_1(x), block.attn
+        mixed = F.multi_head_attention_forward(
+            y, y, y, y.shape[-1], attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False,
+            0.0, attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False, attn_mask=mask)[0]
+        x = x + block.ls_1(mixed)
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x.permute(1, 0, 2)
+
+
 def _interpolated_positions(positions: torch.Tensor, grid_h: int, grid_w: int,
                             antialias: bool = False) -> torch.Tensor:
     """Resize the square position grid bicubically; the CLS position is kept as is.
@@ -311,14 +330,15 @@ def _neighbourhood_bias(grid_h: int, grid_w: int, std: float) -> torch.Tensor:
 def load_backbone(model_name: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                   checkpoint: str | Path | None = None, device: str = "cpu",
                   variant: str = "sclip", protocol: str = "freecp", seed: int = 0,
-                  quick_gelu: bool | None = None) -> ClipBackbone:
+                  quick_gelu: bool | None = None, float_order: str = SegmentSettings.float_order) -> ClipBackbone:
     """Build the backbone from a pretrained tag, a local checkpoint file, or random weights.
 
     The activation (QuickGELU or GELU) follows ``quick_gelu`` when given, else the tag's registry
     entry or, for a file, the rules in ``freecp.clip.activation`` (an ambiguous file is refused);
     ``ClipBackbone.architecture`` names what was built, and it is part of the model key.
     Random weights are used only when asked for (``pretrained=None`` or ``"none"``) and give
-    meaningless segmentations; they exist for tests and plumbing checks.
+    meaningless segmentations; they exist for tests and plumbing checks. ``float_order`` picks
+    the text tower's path (``ClipBackbone._text_forward``).
     """
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model {model_name!r}; see open_clip.list_models()")
@@ -351,7 +371,8 @@ def load_backbone(model_name: str = DEFAULT_CLIP_MODEL, pretrained: str | None =
     logger.info("CLIP %s built as %s (%s), model key %s", model_name, activation.architecture,
                 activation.reason, key)
     return ClipBackbone(model, open_clip.get_tokenizer(model_name), model_name, key,
-                        variant=variant, protocol=protocol, device=device, architecture=activation.architecture)
+                        variant=variant, protocol=protocol, device=device, architecture=activation.architecture,
+                        float_order=float_order)
 
 
 def _create(model_name: str, source: str, quick_gelu: bool) -> open_clip.CLIP:

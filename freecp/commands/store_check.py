@@ -28,6 +28,10 @@ def store_check(
     for bad in report.bad:
         moved = f" -> moved to {bad.quarantined_to}" if bad.quarantined_to else ""
         console.print(f"[red]bad[/] {escape(bad.path)}: {escape(bad.reason)}{escape(moved)}")
+    for key in report.unrecorded:
+        console.print(f"[yellow]unrecorded text path[/] {escape(key)}: vectors written before float orders were "
+                      f"recorded, from a text tower nobody can name; no run reads them (segment and encode "
+                      f"encode their texts once more under their float order); `freecp store ls` shows them")
     console.print(f"{report.url}: {report.checked} files checked, {len(report.bad)} bad"
                   + ("" if quarantine or not report.bad else "; run again with --quarantine to move them aside"))
     if report.bad and not quarantine:

@@ -7,18 +7,20 @@ and checked for freecp's metadata, and every weights-request record (``requests/
 lets an up-to-date ``freecp encode`` answer without building the model) must parse and sit under
 its request's name; with ``quarantine`` each bad one is moved to
 ``quarantine/<its path>`` in the same store, where no reader looks and a person can inspect it.
+Readable vectors from a text tower nobody recorded (stored before float orders were,
+``freecp.text_keys``) are not bad, but no run reads them: the report names their model keys.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from freecp.stores.descriptions import SCHEMA, SHARD_DIR
-from freecp.stores.embeddings import MANIFEST_META_KEY, META_KEY, MODELS_DIR
+from freecp.stores.embeddings import MANIFEST_META_KEY, META_KEY, MODELS_DIR, EmbeddingStore
 from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, open_root
 from freecp.stores.requests import REQUESTS_DIR, decode_request, request_path
 
@@ -37,6 +39,7 @@ class CheckReport:
     url: str
     checked: int
     bad: list[BadFile]
+    unrecorded: list[str] = field(default_factory=list)  # model keys whose text path nobody recorded
 
 
 def check_store(url: str, quarantine: bool = False) -> CheckReport:
@@ -56,7 +59,7 @@ def check_store(url: str, quarantine: bool = False) -> CheckReport:
             root.fs.create_dir(root.path(target.rsplit("/", 1)[0]), recursive=True)
             root.fs.move(root.path(path), root.path(target))
         bad.append(BadFile(path, reason, target))
-    return CheckReport(root.url, len(files), bad)
+    return CheckReport(root.url, len(files), bad, EmbeddingStore(url).unrecorded_keys())
 
 
 def _problem(root: StoreRoot, path: str) -> str | None:

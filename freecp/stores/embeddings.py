@@ -48,6 +48,7 @@ import freecp
 from freecp.templates import TEMPLATE_SET_HASH
 from freecp.stores.fs import StoreError, StoreRoot, open_root, skip_unreadable
 from freecp.stores.requests import decode_request, encode_request, request_path
+from freecp.text_keys import float_order_of, model_key_of
 from freecp.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -418,15 +419,20 @@ class EmbeddingStore:
         folder = posixpath.join(MODELS_DIR, model_dir(key))
         manifest = self._read_manifest(folder, vocab, key, dim, with_descriptions=False)
         if manifest is None:
+            if self.unrecorded_twin(key) and not self.root.list_files(folder, ".parquet"):
+                raise MissingEmbeddingsError(
+                    f"{self.url} holds vectors of {model_key_of(key)} only from a text tower nobody recorded "
+                    f"(written before float orders were), which are not reused as {float_order_of(key)!r}: "
+                    f"run `{self._encode_command(vocab, key)}` with the same model options to encode them once")
             others = [m for m in self._model_keys() if m != key]
             if others and not self.root.list_files(folder, ".parquet"):
                 raise ModelMismatchError(
                     f"{self.url} holds embeddings of {', '.join(others)}, not of {key}: vectors of "
                     f"different CLIP models cannot be mixed. Use the store's model, or encode this one "
-                    f"with `freecp encode {vocab.name} --store {self.url}` and the same model options")
+                    f"with `{self._encode_command(vocab, key)}` and the same model options")
             raise MissingEmbeddingsError(
                 f"vocabulary {vocab.name!r} ({vocab.content_hash}) is not encoded in {self.url} for "
-                f"{key}: run `freecp encode {vocab.name} --store {self.url}` with the same model options")
+                f"{key}: run `{self._encode_command(vocab, key)}` with the same model options")
         dim = manifest.dim
         query_hashes = [h for plan in manifest.classes for h in plan.query_hashes]
         described = [k for k, p in enumerate(manifest.classes) if p.description_mean]
@@ -440,7 +446,7 @@ class EmbeddingStore:
         if lost:
             raise MissingEmbeddingsError(
                 f"{self.url}: {len(lost)} vectors of vocabulary {vocab.name!r} for {key} are missing "
-                f"(shards deleted?); run `freecp encode {vocab.name} --store {self.url}` to restore them")
+                f"(shards deleted?); run `{self._encode_command(vocab, key)}` to restore them")
         mask = np.zeros(len(manifest.classes), dtype=bool)
         mask[described] = True
         descriptions = None
@@ -449,6 +455,24 @@ class EmbeddingStore:
             descriptions[described] = mean_matrix[[mean_rows[h] for h in mean_hashes]]
         return StoredVectors(queries=query_matrix[[query_rows[h] for h in query_hashes]],
                              descriptions=descriptions, described=mask)
+
+    def _encode_command(self, vocab: Vocabulary, key: str) -> str:
+        """The ``freecp encode`` command that fills this store for ``key``'s float order."""
+        order = float_order_of(key)
+        return f"freecp encode {vocab.name} --store {self.url}" + (f" --float-order {order}" if order else "")
+
+    def unrecorded_twin(self, key: str) -> str | None:
+        """The bare model key of text key ``key`` when the store holds vectors under it: vectors of
+        the same model from a text tower nobody recorded (``freecp.text_keys``), which no float
+        order reads; None when there are none."""
+        bare = model_key_of(key)
+        if bare != key and self.root.list_files(posixpath.join(MODELS_DIR, model_dir(bare)), ".parquet"):
+            return bare
+        return None
+
+    def unrecorded_keys(self) -> list[str]:
+        """The store's model keys written before float orders were recorded (no run reads them)."""
+        return [key for key in self._model_keys() if float_order_of(key) is None]
 
     def _read_manifest(self, folder: str, vocab: Vocabulary, key: str, dim: int | None,
                        with_descriptions: bool = True) -> Manifest | None:
