@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from freecp.clip import ClassEmbeddings, ClipBackbone, DenseOutput, load_backbone
+from freecp.clip import ClassEmbeddings, ClipBackbone, DenseOutput, embed_vocabulary, load_backbone
 from freecp.clip.text import average_embeddings, encode_class_names
 from freecp.io import read_image
 from freecp.segmenter import Segmenter
-from freecp.settings import SegmentSettings
+from freecp.settings import FLOAT_ORDERS, SegmentSettings
 from freecp.trace import SegmentTrace
 from freecp.vocab import Vocabulary, load_vocabulary
 from tests.fixtures_parity import make_parity_weights
@@ -186,16 +185,9 @@ class Configuration:
     rp_threshold: float
     ap_threshold: float
 
-    def settings(self) -> SegmentSettings:
-        return SegmentSettings(variant=self.variant, protocol="freecp", scope="window",
-                               rp_threshold=self.rp_threshold, ap_threshold=self.ap_threshold,
-                               **reference_order(SegmentSettings))
-
-
-def reference_order(build: Callable) -> dict[str, str]:
-    """``float_order="reference"`` for a builder that has the float-order switch (issue 15), else
-    nothing: without the switch the code has only the reference's order."""
-    return {"float_order": "reference"} if "float_order" in inspect.signature(build).parameters else {}
+    def settings(self, float_order: str = "reference") -> SegmentSettings:
+        return SegmentSettings(variant=self.variant, protocol="freecp", scope="window", float_order=float_order,
+                               rp_threshold=self.rp_threshold, ap_threshold=self.ap_threshold)
 
 
 def configuration(name: str) -> Configuration:
@@ -266,16 +258,21 @@ def _content_key(tensor: torch.Tensor) -> str:
     return f"{tuple(tensor.shape)}:{hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()}"
 
 
-def load_parity_backbone(weights: Path) -> ClipBackbone:
-    return load_backbone(MODEL, checkpoint=weights, **reference_order(load_backbone))
+def load_parity_backbone(weights: Path, float_order: str = "reference") -> ClipBackbone:
+    return load_backbone(MODEL, checkpoint=weights, float_order=float_order)
 
 
 class ParityRuns:
     """The parity weights' backbone shared by every configuration (one remembering backbone per
-    variant), each set's text, and the runs the canary already made (each handed out once)."""
+    variant), each set's text, and the runs the canary already made (each handed out once).
 
-    def __init__(self, base: ClipBackbone, vocab: Vocabulary) -> None:
-        self.base, self.vocab = base, vocab
+    In the ``reference`` float order (the parity suite's) the text vectors are each set's stored
+    ones; in ``fast`` (to measure how close the default comes) they are encoded here in that
+    order, the same for every set.
+    """
+
+    def __init__(self, base: ClipBackbone, vocab: Vocabulary, float_order: str = "reference") -> None:
+        self.base, self.vocab, self.float_order = base, vocab, float_order
         self._backbones: dict[str, RememberingBackbone] = {}
         self._embeddings: dict[str, ClassEmbeddings] = {}
         self._made: dict[tuple[str, str, str], tuple[np.ndarray, SegmentTrace]] = {}
@@ -317,11 +314,14 @@ class ParityRuns:
             backbone = self._backbones[config.variant] = RememberingBackbone(
                 self.base.model, self.base.tokenizer, self.base.model_name, self.base.model_key,
                 variant=config.variant, protocol="freecp", device=str(self.base.device),
-                **reference_order(ClipBackbone))
-        embeddings = self._embeddings.get(fixture_set.name)
+                float_order=self.float_order)
+        source = fixture_set.name if self.float_order == "reference" else self.float_order
+        embeddings = self._embeddings.get(source)
         if embeddings is None:
-            embeddings = self._embeddings[fixture_set.name] = fixture_embeddings(fixture_set, self.vocab)
-        return Segmenter(backbone, self.vocab, embeddings, config.settings())
+            embeddings = self._embeddings[source] = (
+                fixture_embeddings(fixture_set, self.vocab) if self.float_order == "reference"
+                else embed_vocabulary(backbone, self.vocab, reference_descriptions()))
+        return Segmenter(backbone, self.vocab, embeddings, config.settings(self.float_order))
 
 
 def run_image(segmenter: Segmenter, image: str) -> tuple[np.ndarray, SegmentTrace]:
@@ -560,10 +560,13 @@ def _compare_ap(record: list[dict], trace: SegmentTrace, vocab: Vocabulary,
 
 def main(argv: list[str] | None = None) -> None:
     """Print the canary's choice, then per configuration the agreement with the set(s) the suite
-    compares against and the first differences (no assertions)."""
+    compares against and the first differences (no assertions). With ``--float-order fast``:
+    the default float order's agreement with every set, its text encoded in that order."""
     parser = argparse.ArgumentParser(prog="python -m tests.parity_harness", description=main.__doc__)
     parser.add_argument("configurations", nargs="*", metavar="CONFIG",
                         help=f"any of {', '.join(CONFIGURATIONS)} (default: all)")
+    parser.add_argument("--float-order", choices=FLOAT_ORDERS, default="reference",
+                        help="the order to run in (default: reference, the parity suite's)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.configurations) - set(CONFIGURATIONS))
     if unknown:
@@ -571,18 +574,22 @@ def main(argv: list[str] | None = None) -> None:
     reason = missing_material()
     if reason:
         parser.exit(1, reason + "\n")
-    base = load_parity_backbone(make_parity_weights())
+    base = load_parity_backbone(make_parity_weights(), args.float_order)
     vocab = reference_vocabulary()
-    runs = ParityRuns(base, vocab)
+    runs = ParityRuns(base, vocab, args.float_order)
     sets = fixture_sets()
-    choice = runs.choose(sets)
-    print(choice.line())
-    tolerances = None if choice.chosen else TOLERANCES
-    for difference in spot_check_texts(base, vocab, choice.compared(sets), tolerances):
-        print("text:", difference.describe("text", TEXT_FIXTURE))
+    if args.float_order == "reference":
+        choice = runs.choose(sets)
+        print(choice.line())
+        compared, tolerances = choice.compared(sets), (None if choice.chosen else TOLERANCES)
+        for difference in spot_check_texts(base, vocab, compared, tolerances):
+            print("text:", difference.describe("text", TEXT_FIXTURE))
+    else:
+        compared, tolerances = list(sets), TOLERANCES
+        print(f"float order {args.float_order}: every set, within {TOLERANCES.describe()}")
     for name in args.configurations or CONFIGURATIONS:
         config = configuration(name)
-        for fixture_set in choice.compared(sets):
+        for fixture_set in compared:
             total = Agreement()
             for image in IMAGES:
                 labels, trace = runs.run(config, fixture_set, image)

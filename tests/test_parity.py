@@ -4,10 +4,10 @@ The shared folder's ``make_weights.py`` regenerates the random ViT-B/16 weights 
 ran on; they are cached under ``.ci-cache/parity/`` and reused while their content digest
 matches. The reference's outputs exist once per kind of CPU (``fixtures*/``); a canary (the
 first image's float32 RP scores under ``sclip_low``) picks the set this CPU reproduces bit for
-bit. Each test runs one fixture image through ``--protocol freecp --scope window`` with the
-chosen set's text embeddings and fails with the first stage and window that differ from that set
-(tests/parity_harness.py says what is compared: everything bit for bit at the fixtures'
-precision, labels on 99.9 % of the pixels). On a CPU that reproduces no set, one warning line
+bit. Each test runs one fixture image through ``--protocol freecp --scope window --float-order
+reference`` with the chosen set's text embeddings and fails with the first stage and window that
+differ from that set (tests/parity_harness.py says what is compared: everything bit for bit at
+the fixtures' precision, labels on 99.9 % of the pixels). On a CPU that reproduces no set, one warning line
 says so and every set is compared within ``parity.TOLERANCES`` instead. A fresh spot check of
 the text tower guards the stored text embeddings. Adding a fixture folder is one entry in
 ``CONFIGURATIONS``; adding a CPU's set is one more ``fixtures-<cpu>/`` folder.
