@@ -45,6 +45,20 @@ def test_export_writes_only_missing_requests_in_batch_format(tmp_path: Path):
     assert body["response_format"]["type"] == "json_schema"
 
 
+def test_export_asks_nothing_for_a_class_with_reviewed_descriptions(tmp_path: Path):
+    """Imported (reviewed) descriptions replace generated ones, in the batch path as in the live one."""
+    vocab = load_vocabulary(["cat", "dog"])
+    cache = DescriptionCache(tmp_path / "cache")
+    reviewed = tmp_path / "reviewed.json"
+    reviewed.write_text('{"cat": ["a small furry pet", "an animal with whiskers"]}')
+    assert cache.import_json(reviewed) == 1
+    (dog_plan,) = [p for p in build_plans(vocab, llm_model="vicuna", **SETTINGS) if p.entry.name == "dog"]
+
+    count = export_batch(vocab, tmp_path / "requests.jsonl", cache=cache, llm_model="vicuna", **SETTINGS)
+    assert count == 1
+    assert [line["custom_id"] for line in read_jsonl(tmp_path / "requests.jsonl")] == [dog_plan.candidates[0].key]
+
+
 def test_run_batch_round_trip_lands_the_entries_the_live_path_does(tmp_path: Path, llm_server):
     """``freecp describe --run-batch`` runs the real vLLM ``run_batch`` on what the cache lacks; its
     entries are those the live path makes (keys, model, cleaning), so the live path afterwards sends

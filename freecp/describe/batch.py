@@ -53,9 +53,12 @@ def export_batch(
     vocab: Vocabulary, path: str | Path, *, cache: DescriptionCache, llm_model: str, structured: bool = True,
     **plan_options,
 ) -> int:
-    """Write the requests the cache still lacks (the next wave of each class); return how many."""
+    """Write the requests the cache still lacks (the next wave of each class; none for a class with
+    reviewed descriptions); return how many."""
+    reviewed = cache.reviewed_classes()
     lines = [_request_line(p, structured)
-             for plan in build_plans(vocab, llm_model=llm_model, **plan_options) for p in _missing(plan, cache)]
+             for plan in build_plans(vocab, llm_model=llm_model, **plan_options)
+             if plan.entry.name not in reviewed for p in _missing(plan, cache)]
     text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
     atomic_write(Path(path), text.encode("utf-8"))
     return len(lines)
@@ -113,10 +116,11 @@ def describe_offline(
             summary.failed.update(result.failed)
             if result.imported == 0:
                 break  # nothing new came back: asking again would loop
+    reviewed = cache.reviewed_classes()
     for plan in build_plans(vocab, llm_model=model, **plan_options):
         _missing(plan, cache)  # replays the class from the cache
         summary.classes_total += 1
-        if plan.done:
+        if plan.done or plan.entry.name in reviewed:
             summary.classes_done += 1
         else:
             summary.short[plan.entry.name] = (len(plan.descriptions), plan.shortfall())

@@ -23,7 +23,7 @@ from freecp.describe.client import ChatClient, LLMRequestError, LLMUnavailableEr
 from freecp.describe.plan import ClassPlan, PlannedRequest, build_plans, make_entry
 from freecp.defaults import DEFAULT_VLLM_MODEL
 from freecp.describe.serve import LocalServer, default_model, find_vllm, served_name, server_command
-from freecp.stores.descriptions import SOURCE_IMPORT, SOURCE_SERVER, CacheEntry, DescriptionCache
+from freecp.stores.descriptions import SOURCE_SERVER, CacheEntry, DescriptionCache
 from freecp.vocab import Vocabulary
 
 FLUSH_EVERY = 16     # answers; a burst is written at once
@@ -123,8 +123,7 @@ def describe_vocabulary(
     model = llm_model if llm_url else served_name(llm_model)
     plans = build_plans(vocab, llm_model=model, per_class=per_class, temperature=temperature,
                         max_tokens=max_tokens, max_requests=max_requests, prompt_set=prompt_set)
-    # reviewed descriptions (--import-json) replace the generated ones: such a class asks nothing
-    reviewed = {entry.class_name for entry in store.entries() if entry.source == SOURCE_IMPORT and entry.descriptions}
+    reviewed = store.reviewed_classes()
     todo = [plan for plan in plans if plan.entry.name not in reviewed]
     summary = DescribeSummary(vocabulary=vocab.name, llm_model=model, cache=store.url, classes_total=len(plans),
                               classes_done=len(plans) - len(todo))

@@ -143,6 +143,11 @@ class DescriptionCache:
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 
+    def reviewed_classes(self) -> set[str]:
+        """Class display names with imported (reviewed, ``--import-json``) descriptions: those
+        replace generated ones, so nothing is asked of an LLM for them."""
+        return {entry.class_name for entry in self.entries() if entry.source == SOURCE_IMPORT and entry.descriptions}
+
     def descriptions_by_class(self, llm_model: str | None = None) -> dict[str, list[str]]:
         """Class display name -> its descriptions (generated ones merged in order, or the newest
         import); generated entries are limited to ``llm_model`` when given. Empty lists are left out."""
