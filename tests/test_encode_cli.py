@@ -20,7 +20,7 @@ from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
 
 TINY = ["--model", "freecp-tiny", "--pretrained", "none", "--no-progress"]
-MODEL_KEY = "freecp-tiny/random-seed0"
+MODEL_KEY = "freecp-tiny/random-seed0|text-fast"  # the text key: model key and float order (freecp.text_keys)
 DESCRIPTIONS = {"cat": ["an animal that purrs", "a small furry pet with whiskers"]}
 
 pytestmark = pytest.mark.filterwarnings("ignore:CLIP weights are RANDOM")

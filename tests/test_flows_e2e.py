@@ -109,7 +109,8 @@ def test_deployments_end_to_end(worker: Path, prefect_env: dict[str, str], prefe
     assert "describe-vocabulary: inline" in describe_md
     assert f"| engine | {vllm_install.label} |" in describe_md  # the report names the server and the model
     assert "| llm model | smollm2-135m-instruct |" in describe_md and "| server | http://127.0.0.1:" in describe_md
-    assert model.model_key in encode_md
+    escaped_key = model.model_key.replace("|", r"\|")  # the text key; a markdown cell escapes its pipe
+    assert f"| model key | {escaped_key} |" in encode_md
     build_artifacts = flow_run_artifacts(build_id)  # the parent run carries both steps' summaries
     assert build_artifacts["describe-vocabulary-summary"].data == describe_md
     assert build_artifacts["encode-vocabulary-summary"].data == encode_md
