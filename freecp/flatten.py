@@ -105,12 +105,16 @@ def with_job_parameters(specs: Mapping[str, type], parameter: Callable[[JobField
                     for name, fields in flat.items()}
             return fn(*args, **values, **jobs)
 
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            setattr(with_jobs, attribute, getattr(fn, attribute))
-        signature = inspect.Signature(own + generated, return_annotation=declared.return_annotation)
-        with_jobs.__signature__ = signature  # type: ignore[attr-defined]
-        with_jobs.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()
-                                     if p.annotation is not inspect.Parameter.empty}
-        return with_jobs
+        return signed(with_jobs, fn, inspect.Signature(own + generated, return_annotation=declared.return_annotation))
 
     return decorate
+
+
+def signed(wrapper: Callable[..., Any], fn: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any]:
+    """``wrapper`` named and documented as ``fn``, with ``signature`` (what Typer and Prefect read)."""
+    for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, attribute, getattr(fn, attribute))
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()
+                               if p.annotation is not inspect.Parameter.empty}
+    return wrapper

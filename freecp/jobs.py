@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 from freecp.defaults import (DEFAULT_CACHE, DEFAULT_CLIP_MODEL, DEFAULT_MAX_TOKENS, DEFAULT_PRETRAINED,
                              DEFAULT_STORE, DEFAULT_TEMPERATURE, DEFAULT_VLLM_MODEL, PROMPT_SET, SMOLLM2_NAME)
 from freecp.flatten import option
-from freecp.settings import AP_TEXTS, FLOAT_ORDERS, PRECISIONS, PROTOCOLS, VARIANTS, SegmentSettings, settings_for
+from freecp.settings import (AP_TEXTS, FLOAT_ORDERS, PRECISIONS, PROTOCOLS, VARIANTS, ApTexts, BoxRule, FloatOrder,
+                             Precision, Protocol, PurifyScope, ScFormula, SegmentSettings, Variant, settings_for)
 from freecp.weights import Weights
 
 FLOAT_ORDER_HELP = (f"Float32 order of the text tower and refinement: {' or '.join(FLOAT_ORDERS)} "
@@ -43,16 +44,16 @@ class ClipModel:
 class SettingsOverrides:
     """Changes to the vocabulary's preset (``freecp.settings``); None keeps the preset's value."""
 
-    backbone: str = option(SegmentSettings.variant, f"Last-block variant: {', '.join(VARIANTS)}.")
-    protocol: str = option(SegmentSettings.protocol, f"Residual/FFN protocol: {', '.join(PROTOCOLS)}.")
+    variant: Variant = option(SegmentSettings.variant, f"Last-block variant: {', '.join(VARIANTS)}.")
+    protocol: Protocol = option(SegmentSettings.protocol, f"Residual/FFN protocol: {', '.join(PROTOCOLS)}.")
     purify: bool = option(SegmentSettings.purify, "Run FreeCP (off: plain baseline).", flag="--purify/--no-purify")
     redundancy: bool | None = option(None, "Redundancy purification.", flag="--redundancy/--no-redundancy")
     ambiguity: bool | None = option(None, "Ambiguity purification.", flag="--ambiguity/--no-ambiguity")
-    scope: str | None = option(None, "Purify per 'window' (reference) or per 'image'.")
+    scope: PurifyScope | None = option(None, "Purify per 'window' (reference) or per 'image'.")
     rp_threshold: float | None = option(None, "Override the preset's RP threshold.")
     ap_threshold: float | None = option(None, "Override the preset's AP threshold.")
-    sc_formula: str | None = option(None, "Self-consistency: 'half-dice' (reference) or 'soft-iou'.")
-    box_rule: str | None = option(
+    sc_formula: ScFormula | None = option(None, "Self-consistency: 'half-dice' (reference) or 'soft-iou'.")
+    box_rule: BoxRule | None = option(
         None, "AP crop boxes: one per 'contours' (reference, hole borders too) or per 'components'.")
     short_side: int | None = option(None, "Resize the short side to this many pixels.")
     window: int | None = option(None, "Sliding-window size in pixels.")
@@ -63,11 +64,11 @@ class SettingsOverrides:
     prefetch: int | None = option(None, "Batches of images read and prepared ahead of the model (0: in turn).")
     workers: int | None = option(None, "Images in the model at once, torch's threads split between them (same "
                                        "outputs; on a CPU 2 or more run faster than 1).")
-    precision: str | None = option(
+    precision: Precision | None = option(
         None, f"Model precision: {', '.join(PRECISIONS)} (fp16/bf16 autocast: for GPUs, not exact).")
     max_pixels: int | None = option(None, "Refuse images with more pixels than this.")
-    float_order: str = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)
-    ap_texts: str | None = option(
+    float_order: FloatOrder = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)
+    ap_texts: ApTexts | None = option(
         None, f"What AP scores crops against: {', '.join(AP_TEXTS)} (the LLM's descriptions; class names only; "
         "as many seeded random-word descriptors per class as it has descriptions, a control).")
     pamr: bool | None = option(None, "Refine the final score maps along image edges (PAMR; default off).",
@@ -81,7 +82,7 @@ class SettingsOverrides:
         """The preset of a benchmark vocabulary (defaults for any other) with these overrides."""
         overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _SETTINGS_FIELDS}
         overrides["pamr_dilations"] = parse_dilations(self.pamr_dilations)
-        return settings_for(preset, variant=self.backbone, **overrides)
+        return settings_for(preset, **overrides)
 
 
 def parse_dilations(text: str | None) -> tuple[int, ...] | None:
@@ -94,7 +95,7 @@ def parse_dilations(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"pamr-dilations must be comma-separated whole numbers, not {text!r}") from None
 
 
-# Overrides that are SegmentSettings fields under the same name (--backbone is its ``variant``).
+# Overrides that are SegmentSettings fields under the same name.
 _SETTINGS_FIELDS = frozenset(f.name for f in fields(SegmentSettings))
 
 
@@ -170,4 +171,4 @@ class EncodeJob:
     store: str = option(DEFAULT_STORE, "Embedding store root: a local directory or s3://bucket/prefix.")
     descriptions: str | None = option(None, "Description cache URL; its descriptions of the classes are encoded too.")
     batch_size: int = option(256, "Texts per forward pass of the text tower.", minimum=1)
-    float_order: str = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)
+    float_order: FloatOrder = option(SegmentSettings.float_order, FLOAT_ORDER_HELP)

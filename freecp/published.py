@@ -22,7 +22,7 @@ class PublishedRow:
     """One method of the table and the freecp configuration that runs it."""
 
     method: str
-    variant: str     # --backbone
+    variant: str     # --variant
     purify: bool     # False: the method alone, without FreeCP's refinement and purification
     miou: dict[str, float]
     average: float

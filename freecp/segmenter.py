@@ -111,6 +111,23 @@ class _ModelCall:
     stage: str
 
 
+# What a backbone is built to compute that the settings also name (and the run key hashes).
+BACKBONE_SETTINGS = ("variant", "protocol", "float_order")
+
+
+def check_backbone(backbone: Backbone, settings: SegmentSettings) -> None:
+    """ValueError, in one line, when the backbone computes another variant, protocol or float
+    order than the settings name: the run key hashes the settings, so they must be what runs.
+    Stand-in backbones without these attributes are taken as they are."""
+    wrong = [(name, getattr(backbone, name), getattr(settings, name)) for name in BACKBONE_SETTINGS
+             if getattr(backbone, name, getattr(settings, name)) != getattr(settings, name)]
+    if wrong:
+        differences = "; ".join(f"{name.replace('_', ' ')} {have!r}, the settings ask for {want!r}"
+                                for name, have, want in wrong)
+        fix = ", ".join(f"{name}={want!r}" for name, _, want in wrong)
+        raise ValueError(f"the backbone runs {differences}: load it with {fix}")
+
+
 class Segmenter:
     """Dense CLIP segmentation with FreeCP purification. Build once; segment many images."""
 
@@ -119,10 +136,7 @@ class Segmenter:
         self.backbone = backbone
         self.vocab = vocab
         self.settings = settings or SegmentSettings()
-        if getattr(backbone, "float_order", self.settings.float_order) != self.settings.float_order:
-            raise ValueError(f"the backbone's text tower runs in float order {backbone.float_order!r}, the settings "
-                             f"ask for {self.settings.float_order!r}: load it with float_order="
-                             f"{self.settings.float_order!r}")
+        check_backbone(backbone, self.settings)
         if len(embeddings.query_class) != len(vocab.queries):
             raise ValueError("text embeddings do not match the vocabulary's names")
         self.embeddings = embeddings = for_ap_texts(embeddings, vocab, self.settings.ap_texts, backbone)

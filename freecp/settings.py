@@ -30,6 +30,9 @@ PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 FLOAT_ORDERS: tuple[str, ...] = get_args(FloatOrder)
 AP_TEXTS: tuple[str, ...] = get_args(ApTexts)
+SC_FORMULAS: tuple[str, ...] = get_args(ScFormula)
+SCOPES: tuple[str, ...] = get_args(PurifyScope)
+BOX_RULES: tuple[str, ...] = get_args(BoxRule)
 # How a run is carried out, not what it computes: left out of the settings hash.
 RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "workers", "max_pixels")
 
@@ -78,17 +81,17 @@ class SegmentSettings:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        if self.sc_formula not in ("half-dice", "soft-iou"):
-            raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose half-dice or soft-iou")
-        if self.scope not in ("window", "image"):
-            raise ValueError(f"unknown purification scope {self.scope!r}; choose window or image")
+        if self.sc_formula not in SC_FORMULAS:
+            raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose {' or '.join(SC_FORMULAS)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"unknown purification scope {self.scope!r}; choose {' or '.join(SCOPES)}")
         for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "workers", "max_pixels",
                      "pamr_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
-        if self.box_rule not in ("contours", "components"):
-            raise ValueError(f"unknown box rule {self.box_rule!r}; choose contours or components")
+        if self.box_rule not in BOX_RULES:
+            raise ValueError(f"unknown box rule {self.box_rule!r}; choose {' or '.join(BOX_RULES)}")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
         if self.precision not in PRECISIONS:

@@ -224,7 +224,7 @@ def test_a_rerun_skips_every_image_and_reports_the_same(runs, synthetic_roots, s
     report = json.loads((out / "benchmark.json").read_text())
     assert (report["segmentation"]["done"], report["segmentation"]["skipped"]) == (0, 2)
     assert report["metrics"] == run.report["metrics"]
-    changed = invoke(*args, "--backbone", "naclip")  # another model: nothing is up to date
+    changed = invoke(*args, "--variant", "naclip")  # another model: nothing is up to date
     report = json.loads((out / "benchmark.json").read_text())
     assert changed.exit_code == 0 and report["segmentation"]["done"] == 2
     assert report["method"] is None and "no published row" in " ".join(report["caveats"])

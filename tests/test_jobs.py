@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 from prefect.utilities.callables import parameter_schema
 
 from freecp.cli import app
@@ -16,6 +17,8 @@ from freecp.flatten import build_job, flat_values
 from freecp.flows.segment import segment_images
 from freecp.flows.vocabulary import build_vocabulary, describe_vocabulary, encode_vocabulary
 from freecp.jobs import DescribeJob, FolderJob
+from freecp.settings import (AP_TEXTS, BOX_RULES, FLOAT_ORDERS, PRECISIONS, PROTOCOLS, SC_FORMULAS, SCOPES,
+                             VARIANTS)
 
 # What exists on one side only, and why.
 FLOW_ONLY = {"threads", "dask_address"}   # how a flow run fans out (thread pool or Dask cluster)
@@ -24,6 +27,7 @@ CLI_ONLY = {
     "workers",   # model calls at once in one folder run: a flow's `threads` (or Dask workers) do that
     # describe's other modes (show, review, offline batches, maintenance) are commands, not jobs
     "show", "export_batch_to", "import_batch_from", "export_json", "import_json", "compact",
+    "backbone",  # --variant's old name, kept for one release (hidden)
 }
 
 
@@ -87,3 +91,29 @@ def test_the_offline_hint_names_real_flow_parameters() -> None:
     named = {re.fullmatch(r"--param (\w+)=\S+", hint).group(1) for hint in PREFECT_PARAMETER_NAMES.values()}
     for flow in (segment_images, encode_vocabulary, build_vocabulary):
         assert named <= set(parameter_schema(flow).properties)
+
+
+# Every job field with a fixed set of values, and where those values are written (freecp.settings).
+CHOICES = {"variant": VARIANTS, "protocol": PROTOCOLS, "scope": SCOPES, "sc_formula": SC_FORMULAS,
+           "box_rule": BOX_RULES, "precision": PRECISIONS, "float_order": FLOAT_ORDERS, "ap_texts": AP_TEXTS}
+
+
+def _enum(spec: dict) -> list | None:
+    """The allowed values of a schema property (a nullable one's are under ``anyOf``)."""
+    return next((part["enum"] for part in [spec, *spec.get("anyOf", [])] if "enum" in part), None)
+
+
+@pytest.mark.parametrize("flow", [segment_images, encode_vocabulary, build_vocabulary])
+def test_the_run_form_offers_each_choice_as_an_enum_of_the_allowed_values(flow) -> None:
+    offered = {name: _enum(spec) for name, spec in parameter_schema(flow).properties.items() if name in CHOICES}
+    assert offered, "the flow has no choice parameter"
+    assert offered == {name: list(CHOICES[name]) for name in offered}
+    if flow is segment_images:
+        assert set(offered) == set(CHOICES)
+
+
+def test_the_cli_help_lists_each_choice_and_hides_the_old_variant_option() -> None:
+    shown = CliRunner().invoke(app, ["segment", "--help"], env={"COLUMNS": "200"}, terminal_width=200).output
+    for name, values in CHOICES.items():
+        assert f"--{name.replace('_', '-')}" in shown and f"<{'|'.join(values)}>" in shown, name
+    assert "--backbone" not in shown

@@ -9,9 +9,11 @@ import dataclasses
 
 import numpy as np
 import open_clip
+import pytest
 import torch
 from PIL import Image
 
+from freecp.clip import ClipBackbone
 from freecp.pipeline import names_cut_by_context, run_key, segment_one
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
@@ -50,3 +52,35 @@ def test_names_longer_than_the_text_context_are_named():
     long_a = "very " * 70 + "large red bus"
     long_b = "very " * 70 + "large red car"
     assert names_cut_by_context(tokenizer, ["cat", long_a, "person in a shirt", long_b]) == [long_a, long_b]
+
+
+def _same_weights(backbone: ClipBackbone, **built: str) -> ClipBackbone:
+    """The tiny model's weights behind another dense head or text path (``variant``, ``protocol``,
+    ``float_order``), the rest as ``backbone`` has it."""
+    chosen = {name: built.get(name, getattr(backbone, name)) for name in ("variant", "protocol", "float_order")}
+    return ClipBackbone(backbone.model, backbone.tokenizer, backbone.model_name, backbone.model_key, **chosen)
+
+
+def test_segmenters_that_differ_only_in_variant_or_float_order_have_different_run_keys(
+        tiny_backbone, tiny_voc21_embeddings):
+    vocab = load_vocabulary("voc21")
+    keys = {run_key(Segmenter(_same_weights(tiny_backbone, **choice), vocab, tiny_voc21_embeddings,
+                              SegmentSettings(**choice)))
+            for choice in ({}, {"variant": "gem"}, {"float_order": "reference"}, {"protocol": "original"})}
+    assert len(keys) == 4
+
+
+@pytest.mark.parametrize("built, asked, message", [
+    ({"variant": "gem"}, {}, "the backbone runs variant 'gem', the settings ask for 'sclip': load it with "
+                             "variant='sclip'"),
+    ({"protocol": "original"}, {"variant": "sclip"}, "protocol 'original', the settings ask for 'freecp'"),
+    ({"variant": "gem"}, {"float_order": "reference"},
+     "variant 'gem', the settings ask for 'sclip'; float order 'fast', the settings ask for 'reference': load it "
+     "with variant='sclip', float_order='reference'"),
+])
+def test_a_backbone_that_disagrees_with_the_settings_is_refused_in_one_line(
+        tiny_backbone, tiny_voc21_embeddings, built, asked, message):
+    with pytest.raises(ValueError) as refused:
+        Segmenter(_same_weights(tiny_backbone, **built), load_vocabulary("voc21"), tiny_voc21_embeddings,
+                  SegmentSettings(**asked))
+    assert message in str(refused.value) and "\n" not in str(refused.value)

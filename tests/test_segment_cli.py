@@ -173,6 +173,24 @@ def test_user_errors_are_one_clear_line(tmp_path, store):
     assert result.exit_code == 2 and "freecp encode" in result.output
 
 
+def test_the_variant_is_set_by_variant_and_for_one_release_by_backbone_with_a_notice(tmp_path, store):
+    image = tmp_path / "in" / "one.png"
+    image.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    keys = {}
+    for flag in ("--variant", "--backbone", None):
+        out = tmp_path / (flag or "default").strip("-")
+        result = run("segment", image, "--vocab", "voc20", "--out", out, "--store", store, "--short-side", "48",
+                     *TINY, *([flag, "gem"] if flag else []))
+        assert result.exit_code == 0, result.output
+        assert ("--backbone is deprecated" in result.output) == (flag == "--backbone")
+        keys[flag] = pd.read_parquet(out / "records.parquet").run_key.tolist()
+    assert keys["--variant"] == keys["--backbone"] != keys[None]  # both spellings run GEM, the default SCLIP
+    for flag in ("--variant", "--backbone"):
+        refused = run("segment", image, "--vocab", "voc20", "--out", tmp_path / "x", flag, "sam", *TINY)
+        assert refused.exit_code == 2 and f"Invalid value for '{flag}'" in refused.output and "'sam' is not one" in refused.output
+
+
 def test_offline_default_weights_fail_with_one_message_and_no_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "freecp", "segment", str(SAMPLES),

@@ -11,13 +11,13 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 
 from freecp.commands.progress import progress_bars
-from freecp.flatten import JobField, with_job_parameters
+from freecp.flatten import JobField, signed, with_job_parameters
 from freecp.jobs import SegmentJob
 
 if TYPE_CHECKING:
@@ -34,9 +34,38 @@ def typer_option(f: JobField) -> inspect.Parameter:
                              annotation=Annotated[f.annotation, info])
 
 
+# Old option names kept for one release, hidden from --help: the old name, the field it sets.
+RENAMED = {"backbone": "variant"}
+
+
 def with_jobs(**specs: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give the decorated command every field of each spec as an option (see the module docstring)."""
-    return with_job_parameters(specs, typer_option)
+    """Give the decorated command every field of each spec as an option (see the module docstring),
+    and the old names of renamed ones (``RENAMED``), which set the field with a one-line notice."""
+    flatten = with_job_parameters(specs, typer_option)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        command = flatten(fn)
+        signature = inspect.signature(command)
+        renamed = {old: new for old, new in RENAMED.items() if new in signature.parameters}
+        if not renamed:
+            return command
+
+        def with_old_names(*args: Any, **values: Any) -> Any:
+            for old, new in renamed.items():
+                given = values.pop(old)
+                if given is not None:
+                    typer.echo(f"warning: --{old} is deprecated and goes in the next release; "
+                               f"use --{new.replace('_', '-')}", err=True)
+                    values[new] = given
+            return command(*args, **values)
+
+        old_options = [inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            get_args(signature.parameters[new].annotation)[0] | None,  # the new option's type, unwrapped
+            typer.Option(f"--{old}", hidden=True)]) for old, new in renamed.items()]
+        return signed(with_old_names, command,
+                      signature.replace(parameters=[*signature.parameters.values(), *old_options]))
+
+    return decorate
 
 
 def open_segmenter(job: SegmentJob, vocabulary: Vocabulary, settings: SegmentSettings,
