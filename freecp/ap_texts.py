@@ -17,6 +17,7 @@ import random
 import torch
 
 from freecp.clip.text import ClassEmbeddings, average_embeddings
+from freecp.settings import check_choice
 from freecp.vocab import Vocabulary
 
 # Plain words with no particular visual class behind them, the pool random descriptors draw from.
@@ -49,13 +50,12 @@ def for_ap_texts(embeddings: ClassEmbeddings, vocab: Vocabulary, choice: str, ba
     ``random`` encodes its descriptors with ``backbone``'s text tower and needs to know how many
     descriptions each class has (``ClassEmbeddings.description_counts``).
     """
+    check_choice("ap_texts", choice)
     if choice == "descriptions":
         return embeddings
     if choice == "names":
         return dataclasses.replace(embeddings, descriptions=None,
                                    described=torch.zeros_like(embeddings.described))
-    if choice != "random":
-        raise ValueError(f"unknown AP texts {choice!r}")
     counts = embeddings.description_counts
     if counts is None:
         raise ValueError("random AP texts need the number of descriptions per class, which these embeddings lack")

@@ -37,10 +37,29 @@ BOX_RULES: tuple[str, ...] = get_args(BoxRule)
 RUN_ONLY_FIELDS = ("window_batch", "batch_images", "prefetch", "workers", "max_pixels")
 
 
+# Each setting with a fixed set of values: how an error names it, and the values it allows.
+CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "variant": ("variant", VARIANTS),
+    "protocol": ("protocol", PROTOCOLS),
+    "sc_formula": ("SC formula", SC_FORMULAS),
+    "scope": ("purification scope", SCOPES),
+    "box_rule": ("box rule", BOX_RULES),
+    "precision": ("precision", PRECISIONS),
+    "float_order": ("float order", FLOAT_ORDERS),
+    "ap_texts": ("AP texts", AP_TEXTS),
+}
+
+
+def check_choice(name: str, value: str) -> None:
+    """ValueError, in one line, unless ``value`` is one of setting ``name``'s values (``CHOICES``)."""
+    label, allowed = CHOICES[name]
+    if value not in allowed:
+        raise ValueError(f"unknown {label} {value!r}; choose one of {', '.join(allowed)}")
+
+
 def check_float_order(value: str) -> None:
-    """ValueError, in one line, unless ``value`` is a float order (settings, encode, the backbone)."""
-    if value not in FLOAT_ORDERS:
-        raise ValueError(f"unknown float order {value!r}; choose one of {', '.join(FLOAT_ORDERS)}")
+    """``check_choice`` for a float order given outside the settings (encode, the backbone)."""
+    check_choice("float_order", value)
 
 
 @dataclass(frozen=True)
@@ -77,28 +96,15 @@ class SegmentSettings:
     pamr_dilations: tuple[int, ...] = (8, 16)  # PAMR neighbourhood dilations (NACLIP's choice)
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        if self.sc_formula not in SC_FORMULAS:
-            raise ValueError(f"unknown SC formula {self.sc_formula!r}; choose {' or '.join(SC_FORMULAS)}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"unknown purification scope {self.scope!r}; choose {' or '.join(SCOPES)}")
+        for name in CHOICES:
+            check_choice(name, getattr(self, name))
         for name in ("short_side", "window", "crop_size", "window_batch", "batch_images", "workers", "max_pixels",
                      "pamr_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
-        if self.box_rule not in BOX_RULES:
-            raise ValueError(f"unknown box rule {self.box_rule!r}; choose {' or '.join(BOX_RULES)}")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be positive and at most the window size")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        check_float_order(self.float_order)
-        if self.ap_texts not in AP_TEXTS:
-            raise ValueError(f"unknown AP texts {self.ap_texts!r}; choose one of {', '.join(AP_TEXTS)}")
         if not self.pamr_dilations or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.pamr_dilations):
             raise ValueError(f"pamr-dilations must be whole numbers of at least 1, not {self.pamr_dilations!r}")
