@@ -113,6 +113,7 @@ def skip_unreadable(location: str, reason: BaseException) -> None:
         log.warning("skipping unreadable store file %s (%s); `freecp store check --quarantine` moves it aside",
                     location, first_line(reason))
 
+
 def open_root(url: str | Path, *, create: bool = True) -> StoreRoot:
     """Open a store root from a local path or an ``s3://bucket/prefix`` URL.
 
