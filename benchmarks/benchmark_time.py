@@ -38,7 +38,8 @@ from rich.table import Table
 from segment_speed import calibrated_rp_threshold, synthetic_image, text_embeddings
 
 from freecp.defaults import DEFAULT_CLIP_MODEL
-from freecp.clip import load_backbone
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.io import read_image, write_mask, write_overlay
 from freecp.published import BENCHMARK_ORDER
 from freecp.segmenter import Segmenter
@@ -88,7 +89,7 @@ def main() -> None:
     console = Console(width=150)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        backbone = load_backbone(args.model, pretrained=None)
+        backbone = create_backbone(ClipModel(args.model, pretrained="none"))
     torch.set_num_threads(1)
     table = Table(title=f"{args.model}, random weights, one torch thread (CPU time); "
                         f"GPU = segment() / {args.gpu_speedup:g} + file I/O (ESTIMATE)")

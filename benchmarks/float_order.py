@@ -37,7 +37,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.segment_speed import calibrated_rp_threshold, text_embeddings  # noqa: E402
-from freecp.clip import ClipBackbone, load_backbone  # noqa: E402
+from freecp.clip import ClipBackbone  # noqa: E402
+from freecp.build import create_backbone  # noqa: E402
+from freecp.jobs import ClipModel  # noqa: E402
 from freecp.io import read_image  # noqa: E402
 from freecp.resources import sample_images  # noqa: E402
 from freecp.segmenter import Segmenter  # noqa: E402
@@ -66,7 +68,7 @@ def backbones(model: str) -> dict[str, ClipBackbone]:
     """One set of weights, seen through each float order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights, as asked
-        base = load_backbone(model, pretrained=None)
+        base = create_backbone(ClipModel(model, pretrained="none"))
     return {order: ClipBackbone(base.model, base.tokenizer, base.model_name, base.model_key,
                                 architecture=base.architecture, float_order=order) for order in FLOAT_ORDERS}
 

@@ -34,7 +34,8 @@ from rich.table import Table
 
 from segment_speed import synthetic_image, text_embeddings
 
-from freecp.clip import load_backbone
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.defaults import DEFAULT_CLIP_MODEL
 from freecp.segmenter import Segmenter
 from freecp.settings import settings_for
@@ -58,7 +59,7 @@ def segmenters(model: str, vocab_name: str, seed: int, pamr_steps: int = 10) -> 
     """The same backbone and embeddings without and with PAMR (purification off)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = load_backbone(model, pretrained=None)
+        backbone = create_backbone(ClipModel(model, pretrained="none"))
     vocab = load_vocabulary(vocab_name)
     embeddings = text_embeddings(backbone, vocab, "random", seed)
     settings = settings_for(vocab_name, purify=False)

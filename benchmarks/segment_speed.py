@@ -51,7 +51,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from freecp.defaults import DEFAULT_CLIP_MODEL
-from freecp.clip import ClassEmbeddings, embed_vocabulary, load_backbone
+from freecp.clip import ClassEmbeddings, embed_vocabulary
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.io import read_image, write_mask, write_overlay
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
@@ -174,7 +176,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        backbone = load_backbone(args.model, pretrained=args.pretrained, checkpoint=args.clip_checkpoint)
+        backbone = create_backbone(ClipModel(args.model, pretrained=args.pretrained, clip_checkpoint=args.clip_checkpoint))
     console.print(f"model {backbone.model_key}, torch threads {torch.get_num_threads()}, "
                   f"{args.images} timed images per setting, scope {args.scope}")
     if args.text == "random":

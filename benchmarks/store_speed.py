@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from freecp.clip import load_backbone
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
@@ -120,7 +121,7 @@ def main() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = load_backbone(args.model, pretrained=None)
+        backbone = create_backbone(ClipModel(args.model, pretrained="none"))
     with tempfile.TemporaryDirectory() as scratch:
         root = (args.store or scratch).rstrip("/")
         run_id = time.strftime("%Y%m%d-%H%M%S")

@@ -46,7 +46,9 @@ from PIL import Image  # noqa: E402
 from benchmarks.segment_speed import synthetic_image  # noqa: E402
 from freecp.defaults import DEFAULT_CLIP_MODEL
 from freecp.io import read_image  # noqa: E402
-from freecp.pipeline import build_segmenter, segment_folder  # noqa: E402
+from freecp.jobs import ClipModel, SegmentJob  # noqa: E402
+from freecp.build import build_segmenter  # noqa: E402
+from freecp.pipeline import segment_folder  # noqa: E402
 from freecp.segmenter import Segmenter  # noqa: E402
 from freecp.settings import settings_for  # noqa: E402
 from freecp.threads import apply_thread_policy, available_cores  # noqa: E402
@@ -164,9 +166,9 @@ def main() -> int:
                                 precision=args.precision)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            base = build_segmenter(load_vocabulary(args.vocab), model=args.model, pretrained=args.pretrained,
-                                   store=str(root / "store"), device=args.device, settings=settings,
-                                   encode_missing=False)
+            job = SegmentJob(ClipModel(args.model, pretrained=args.pretrained, device=args.device),
+                             store=str(root / "store"), no_encode=True)
+            base = build_segmenter(load_vocabulary(args.vocab), job, settings)
         candidates = {"read-ahead": Mode("read-ahead", args.prefetch, 1),
                       "batched": Mode(f"batched x{args.batch_images} + read-ahead", args.prefetch, args.batch_images),
                       "workers": Mode(f"read-ahead + {args.workers} workers", args.prefetch, 1, args.workers)}

@@ -28,12 +28,14 @@ from freecp.flows.logs import LIBRARY_LOG_HOOKS, library_logs
 from freecp.flows.params import with_job_parameters_of
 from freecp.flows.report import publish_segment_report
 from freecp.flows.retry import transient_failure
-from freecp.flows.segmenters import SegmenterSpec, segmenter_for, thread_policy
+from freecp.flows.segmenters import SegmenterSpec, segmenter_for
 from freecp.flows.vocabulary import VocabSource, load_vocabulary_task
 from freecp import inputs, pipeline
 from freecp.jobs import FolderJob
 from freecp.device import check_device, parse_device
 from freecp.layout import prepare_output
+from freecp.records import ImageRecord, write_index_if_possible
+from freecp.threads import current_policy
 
 PARTLY_FAILED = "Partly failed"  # the state name of a run where some images failed and the rest were done
 DISK_FULL = "Disk full"  # the state name of a run the output disk stopped
@@ -79,9 +81,9 @@ def prepare_segmenter(spec: SegmenterSpec) -> None:
     texts the store lacks are encoded by this one process (unless the job says no_encode), not
     by every worker."""
     check_device(spec.job.clip.device)
-    get_run_logger().info("thread policy: %s", thread_policy(spec).line())
     with prefect_wording():
         segmenter_for(spec, encode_missing=not spec.job.no_encode)
+    get_run_logger().info("thread policy: %s", current_policy().line())
 
 
 @task(name="find-images", cache_policy=NO_CACHE, persist_result=False)
@@ -145,11 +147,11 @@ def segment_batch(images_root: str, out: str, spec: SegmenterSpec, follow_symlin
 @task(name="write-index", cache_policy=NO_CACHE, persist_result=False)
 def write_index(out: str, records: list[dict[str, Any]]) -> str | None:
     """The index of every record in ``out`` (None where the disk cannot take it)."""
-    return _index_or_none(out, [pipeline.ImageRecord(**r) for r in records])
+    return _index_or_none(out, [ImageRecord(**r) for r in records])
 
 
-def _index_or_none(out: str, records: list[pipeline.ImageRecord]) -> str | None:
-    index = pipeline.write_index_if_possible(Path(out), records)
+def _index_or_none(out: str, records: list[ImageRecord]) -> str | None:
+    index = write_index_if_possible(Path(out), records)
     return None if index is None else str(index)
 
 

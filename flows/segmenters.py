@@ -6,7 +6,7 @@ each process (the flow's own process for the thread runner, every Dask worker pr
 Dask runner) builds the segmenter for a spec once. This module must be imported by name
 (``freecp.flows.segmenters``) so that the cache is shared by every task a process runs.
 
-The first build in a process also sets its thread policy (``freecp.threads``): as many
+Each build sets the process's thread policy (``freecp.build``, ``freecp.threads``): as many
 segmenters run at once as the thread pool has threads, or as all Dask workers on the host have,
 and together they never ask torch for more threads than the cores. On a multi-GPU host, ``device="cuda"`` gives
 each Dask worker its own GPU, so every GPU holds one model.
@@ -21,11 +21,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
-from freecp import pipeline
+from freecp.build import build_segmenter
 from freecp.jobs import SegmentJob
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
-from freecp.threads import ThreadPolicy, apply_thread_policy
 from freecp.vocab import Vocabulary
 
 MAX_SEGMENTERS = 2  # a long-lived Dask worker may serve a few deployments; keep memory bounded
@@ -56,12 +55,11 @@ def segmenter_for(spec: SegmenterSpec, *, encode_missing: bool = False) -> Segme
     with _lock:
         segmenter = _segmenters.get(spec)
         if segmenter is None:
-            worker, _ = _dask_worker()
-            thread_policy(spec)
+            worker, host_threads = _dask_worker()
             device = spec.job.clip.device
             clip = replace(spec.job.clip, device=device_for_worker(device, worker, _cuda_devices(device)))
             job = replace(spec.job, clip=clip, no_encode=not encode_missing)
-            segmenter = pipeline.open_segmenter(spec.vocab, job, settings=spec.settings)
+            segmenter = build_segmenter(spec.vocab, job, spec.settings, concurrent=host_threads or spec.threads)
             _builds += 1
             _segmenters[spec] = segmenter
             while len(_segmenters) > MAX_SEGMENTERS:
@@ -69,13 +67,6 @@ def segmenter_for(spec: SegmenterSpec, *, encode_missing: bool = False) -> Segme
         else:
             _segmenters.move_to_end(spec)
         return segmenter
-
-
-def thread_policy(spec: SegmenterSpec) -> ThreadPolicy:
-    """Apply this process's thread policy. In a Dask worker the concurrent segmenters are the
-    threads of every worker on this host (several worker processes share its cores)."""
-    _, host_threads = _dask_worker()
-    return apply_thread_policy(segmenters=host_threads or spec.threads)
 
 
 def device_for_worker(device: str, worker: str | None, gpus: int) -> str:

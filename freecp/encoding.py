@@ -20,7 +20,7 @@ import numpy as np
 
 from freecp.backbones import TextEncoder
 from freecp.clip.keys import weights_request
-from freecp.jobs import ClipModel, EncodeJob
+from freecp.jobs import EncodeJob
 from freecp.progress import ProgressCallback
 from freecp.resources import shipped_description_cache
 from freecp.settings import check_float_order
@@ -38,42 +38,27 @@ if TYPE_CHECKING:  # torch loads only where vectors are computed or become tenso
     from freecp.clip.text import ClassEmbeddings
 
 
-def encode(vocab: Vocabulary, job: EncodeJob, on_progress: ProgressCallback | None = None) -> EncodeSummary:
-    """``encode_vocabulary`` for an ``EncodeJob`` (the CLI, the flows and Python callers alike)."""
-    clip = job.clip
-    return encode_vocabulary(vocab, store=job.store, model=clip.model, pretrained=clip.pretrained,
-                             clip_checkpoint=clip.clip_checkpoint, descriptions=job.descriptions, device=clip.device,
-                             on_progress=on_progress, batch_size=job.batch_size, quick_gelu=clip.quick_gelu,
-                             float_order=job.float_order)
+def encode(vocab: Vocabulary, job: EncodeJob = EncodeJob(), on_progress: ProgressCallback | None = None) -> EncodeSummary:
+    """Encode every text ``vocab`` needs that ``job.store`` lacks; returns counts encoded and reused.
 
-
-def encode_vocabulary(vocab: Vocabulary, *, store: str = EncodeJob.store, model: str = ClipModel.model,
-                      pretrained: str | None = ClipModel.pretrained, clip_checkpoint: str | None = None,
-                      descriptions: str | None = None, device: str = ClipModel.device,
-                      on_progress: ProgressCallback | None = None, batch_size: int = EncodeJob.batch_size,
-                      quick_gelu: bool | None = None, float_order: str = EncodeJob.float_order) -> EncodeSummary:
-    """Encode every text ``vocab`` needs that the store lacks; returns counts encoded and reused.
-
-    ``descriptions`` is a description cache URL; the vocabulary's cached descriptions are
-    encoded too, and each class's average becomes its AP target. ``batch_size`` is texts per
-    forward pass of the text tower. ``quick_gelu`` picks the activation of a checkpoint
-    (None: detect, see ``freecp.clip.activation``); ``float_order`` the text tower's path, and
-    with it the key the vectors are stored under (``freecp.text_keys``).
+    The CLI, the flows and Python callers alike. ``job.descriptions`` is a description cache URL;
+    the vocabulary's cached descriptions are encoded too, and each class's average becomes its AP
+    target. ``job.float_order`` picks the text tower's path, and with it the key the vectors are
+    stored under (``freecp.text_keys``).
     """
-    check_float_order(float_order)
-    embeddings = EmbeddingStore(store)
-    texts = DescriptionCache(descriptions).descriptions_for(vocab) if descriptions else None
-    request = weights_request(model, pretrained, clip_checkpoint, quick_gelu=quick_gelu, float_order=float_order)
+    check_float_order(job.float_order)
+    embeddings = EmbeddingStore(job.store)
+    texts = DescriptionCache(job.descriptions).descriptions_for(vocab) if job.descriptions else None
+    request = weights_request(job.clip, job.float_order)
     key = embeddings.key_for(request)
     summary = embeddings.up_to_date(vocab, key, texts) if key is not None else None
     if summary is not None:
         return summary
     embeddings.root.check_writable()  # a store that refuses writes fails now, not after the encoding
-    from freecp.clip.model import load_backbone
+    from freecp.build import create_backbone
 
-    backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             quick_gelu=quick_gelu, float_order=float_order)
-    summary = ensure_encoded(embeddings, vocab, backbone, texts, on_progress=on_progress, batch_size=batch_size)
+    backbone = create_backbone(job.clip, float_order=job.float_order)
+    summary = ensure_encoded(embeddings, vocab, backbone, texts, on_progress=on_progress, batch_size=job.batch_size)
     embeddings.remember_key(request, backbone.text_key)
     return summary
 

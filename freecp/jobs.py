@@ -2,7 +2,7 @@
 
 The ``freecp`` commands build their options from these fields (``freecp.commands.options``), the
 Prefect flows their parameters (``freecp.flows.params``), and the Python API takes the specs
-themselves (``freecp.pipeline.open_segmenter``, ``freecp.encoding.encode``,
+themselves (``freecp.build.build_segmenter``, ``freecp.encoding.encode``,
 ``freecp.describe.run.describe``). Nested specs are flattened by name (``freecp.flatten``), so a
 CLI option, a flow parameter and a spec field are spelled the same. Torch-, Typer- and
 Prefect-free: importing this module loads none of them.
@@ -105,7 +105,7 @@ class SegmentJob:
 
     clip: ClipModel = field(default_factory=ClipModel)
     overrides: SettingsOverrides = field(default_factory=SettingsOverrides)
-    store: str = option(DEFAULT_STORE, "Embedding store (directory or s3:// URL).")
+    store: str | None = option(DEFAULT_STORE, "Embedding store (directory or s3:// URL).")  # None: no store
     no_encode: bool = option(False, "Fail instead of encoding texts missing from the store.", flag="--no-encode")
 
 

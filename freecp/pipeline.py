@@ -33,83 +33,28 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import numpy as np
 
+from freecp.build import build_segmenter
 from freecp.claims import STALE_SECONDS, claim
-from freecp.clip import embed_vocabulary, load_backbone
-from freecp.encoding import ensure_encoded, load_embeddings, shipped_descriptions
-from freecp.templates import IMAGENET_TEMPLATES
-from freecp.files import atomic_write, contained
+from freecp.files import atomic_write
 from freecp.inputs import ImageSearch, find_images
-from freecp.jobs import ClipModel, FolderJob, SegmentJob
+from freecp.jobs import FolderJob
 from freecp.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_mask, write_overlay
-from freecp.layout import RECORDS_DIR, DiskFullError, OutputPaths, output_paths, prepare_output
+from freecp.layout import DiskFullError, OutputPaths, output_paths, prepare_output
 from freecp.prefetch import WriteBehind, read_ahead
 from freecp.progress import ProgressCallback
+from freecp.records import ImageRecord, read_record, write_index, write_index_if_possible
 from freecp.segmenter import PreparedImage, Segmentation, Segmenter
-from freecp.settings import SegmentSettings
-from freecp.threads import ThreadPolicy, apply_thread_policy, current_policy
+from freecp.threads import ThreadPolicy, current_policy
 from freecp.vocab import Vocabulary
 
-INDEX_NAME = "records.parquet"
 ERROR_CHARS = 500  # a failure's reason is kept to this length in its record
 CLAIM_POLL_SECONDS = 2.0  # how often a run looks again at images another run holds
 log = logging.getLogger(__name__)
-
-INDEX_SCHEMA = pa.schema([
-    ("path", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("classes_present", pa.list_(pa.string())),
-    ("rp_scores", pa.map_(pa.string(), pa.float64())),
-    ("removed_classes", pa.list_(pa.string())),
-    ("ambiguity_groups", pa.string()),
-    ("ap_targets", pa.string()),
-    ("ap_fallback_classes", pa.list_(pa.string())),
-    ("ap_texts", pa.string()),
-    ("pamr", pa.string()),
-    ("seconds", pa.float64()),
-    ("content_hash", pa.string()),
-    ("run_key", pa.string()),
-    ("mask", pa.string()),
-    ("overlay", pa.string()),
-])
-
-
-@dataclass
-class ImageRecord:
-    """One image's outcome; ``status`` is done, skipped (already up to date), failed, or claimed
-    (another run is segmenting it now; that run writes its record)."""
-
-    path: str
-    status: str
-    width: int = 0
-    height: int = 0
-    error: str = ""
-    classes_present: list[str] = field(default_factory=list)
-    rp_scores: dict[str, float] = field(default_factory=dict)
-    removed_classes: list[str] = field(default_factory=list)
-    ambiguity_groups: list[dict] = field(default_factory=list)
-    ap_targets: str = ""
-    ap_fallback_classes: list[str] = field(default_factory=list)
-    ap_texts: str = ""     # what AP was asked to score crops against (settings.ap_texts)
-    pamr: str = ""         # off, applied, or skipped: <why> (Segmentation.pamr)
-    seconds: float = 0.0
-    content_hash: str = ""
-    run_key: str = ""
-    mask: str = ""
-    overlay: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class RunSummary:
@@ -143,63 +88,6 @@ def run_key(segmenter: Segmenter) -> str:
             digest.update(vectors.detach().cpu().float().contiguous().numpy().tobytes())
         _RUN_KEYS[segmenter] = digest.hexdigest()[:16]
     return _RUN_KEYS[segmenter]
-
-
-def open_segmenter(vocab: Vocabulary, job: SegmentJob | None = None, *, settings: SegmentSettings | None = None,
-                   on_progress: ProgressCallback | None = None) -> Segmenter:
-    """The segmenter a ``SegmentJob`` asks for (the CLI, the flows and Python callers alike);
-    ``settings`` defaults to the vocabulary's preset with the job's overrides."""
-    job = job or SegmentJob()
-    clip = job.clip
-    return build_segmenter(vocab, model=clip.model, pretrained=clip.pretrained, clip_checkpoint=clip.clip_checkpoint,
-                           store=job.store, device=clip.device,
-                           settings=settings or job.overrides.settings(vocab.name),
-                           encode_missing=not job.no_encode, on_progress=on_progress, quick_gelu=clip.quick_gelu)
-
-
-def build_segmenter(vocab: Vocabulary, *, model: str = ClipModel.model, pretrained: str | None = ClipModel.pretrained,
-                    clip_checkpoint: str | None = None, store: str | None = None, device: str = ClipModel.device,
-                    settings: SegmentSettings | None = None, encode_missing: bool = True,
-                    on_progress: ProgressCallback | None = None, quick_gelu: bool | None = None) -> Segmenter:
-    """Load the backbone and the vocabulary's text embeddings (from a store when given);
-    ``on_progress`` hears about texts the store lacks being encoded, and ``quick_gelu`` picks the
-    activation of a checkpoint (None: detect, see ``freecp.clip.activation``). A shipped
-    vocabulary's shipped descriptions (the samples') are encoded too, unless the store records
-    descriptions of its own for it."""
-    settings = settings or SegmentSettings()
-    backbone = load_backbone(model, pretrained=pretrained, checkpoint=clip_checkpoint, device=device,
-                             variant=settings.variant, protocol=settings.protocol, quick_gelu=quick_gelu,
-                             float_order=settings.float_order)
-    if cut := names_cut_by_context(backbone.tokenizer, vocab.queries):
-        log.warning("%d class names are longer than the text tower's %d tokens and are cut short "
-                    "(names cut alike get the same vector): %s", len(cut),
-                    getattr(backbone.tokenizer, "context_length", 77), "; ".join(cut))
-    shipped = shipped_descriptions(vocab)  # the samples' descriptions, for a store that has none of its own
-    if store is None:
-        embeddings = embed_vocabulary(backbone, vocab, shipped)
-    else:
-        from freecp.stores.embeddings import EmbeddingStore
-
-        embedding_store = EmbeddingStore(store)
-        if encode_missing:
-            if shipped and embedding_store.inspect(vocab, backbone.text_key).described:
-                shipped = None
-            ensure_encoded(embedding_store, vocab, backbone, shipped, on_progress=on_progress)
-        embeddings = load_embeddings(embedding_store, vocab, backbone,
-                                     description_counts=settings.ap_texts == "random")
-    log.info("segmenter ready: CLIP %s, vocabulary %s (%d classes), text embeddings from %s",
-             backbone.model_key, vocab.name, len(vocab), store or "a fresh encoding")
-    return Segmenter(backbone, vocab, embeddings, settings)
-
-
-def names_cut_by_context(tokenizer, names: list[str]) -> list[str]:
-    """The names whose longest templated prompt does not fit the tokenizer's context (start and
-    end tokens included); empty for tokenizers without a BPE ``encode``."""
-    encode, context = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
-    if encode is None or context is None:
-        return []
-    overhead = max(len(encode(template.format(""))) for template in IMAGENET_TEMPLATES) + 2
-    return [name for name in names if len(encode(name)) + overhead > context]
 
 
 @dataclass
@@ -325,7 +213,7 @@ def _finish(segmenter: Segmenter, out_dir: Path, job: _Job, result: Segmentation
 
 def _up_to_date(paths: OutputPaths, record: ImageRecord) -> ImageRecord | None:
     """The previous record, marked skipped, when it is done for the same image bytes and run key."""
-    previous = _read_record(paths.record)
+    previous = read_record(paths.record)
     if previous and previous.status == "done" and previous.content_hash == record.content_hash \
             and previous.run_key == record.run_key and previous.mask == record.mask and paths.mask.is_file():
         previous.status = "skipped"
@@ -438,7 +326,7 @@ def segment(images: Path, vocab: Vocabulary, out_dir: Path, job: FolderJob | Non
             on_progress: ProgressCallback | None = None) -> RunSummary:
     """The Python entry of ``freecp segment``: the segmenter ``job`` asks for, run over ``images``."""
     job = job or FolderJob()
-    segmenter = open_segmenter(vocab, job.segment, on_progress=on_progress)
+    segmenter = build_segmenter(vocab, job.segment, on_progress=on_progress)
     return segment_folder(segmenter, images, out_dir, on_progress, follow_symlinks=job.follow_symlinks)
 
 
@@ -449,8 +337,8 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path,
     benchmark's split) into ``out_dir``, skipping up-to-date ones.
 
     The settings' ``prefetch`` batches are read ahead, ``batch_images`` images share model
-    calls, ``workers`` such calls run at once (torch's threads split between them) and the
-    outputs are written behind (the steps of ``segment_one``, so the files are the
+    calls, ``workers`` such calls run at once (torch's threads split between them when the
+    segmenter was built, ``freecp.build``) and the outputs are written behind (the steps of ``segment_one``, so the files are the
     same bit for bit); the summary reports the thread policy in force (``freecp.threads``).
     The index is written however the loop ends (finished, interrupted, disk full); the summary
     of an interrupted or stopped run travels on the exception as ``err.summary``. ``on_progress``
@@ -473,7 +361,6 @@ def segment_folder(segmenter: Segmenter, images_root: Path, out_dir: Path,
         opened.append(job)
         return _load(segmenter, job)
 
-    apply_thread_policy(segmenters=settings.workers)
     jobs = read_ahead(search.images, open_and_load, settings.prefetch * settings.batch_images * settings.workers)
     segmented = read_ahead(_batches(jobs, settings.batch_images), lambda batch: (batch, _segment(segmenter, batch)),
                            depth=settings.workers - 1, threads=settings.workers, name="freecp-model")
@@ -522,51 +409,3 @@ def _batches(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
             batch, images = [], 0
     if batch:
         yield batch
-
-
-def write_index_if_possible(out_dir: Path, records: list[ImageRecord] = ()) -> Path | None:
-    """``write_index`` for a run on its way out (stopped, interrupted): None, and the reason
-    logged, where the disk that stopped the run does not take the index either."""
-    try:
-        return write_index(out_dir, records)
-    except OSError as err:
-        log.error("could not write %s: %s", Path(out_dir) / INDEX_NAME, err)
-        return None
-
-
-def write_index(out_dir: Path, records: list[ImageRecord] = ()) -> Path:
-    """Rebuild ``records.parquet`` from every per-image record in ``out_dir`` (atomic).
-
-    ``records`` of this run take precedence over the files, and count even where their JSON
-    could not be written (a name too long for the filesystem, say); claimed ones are left to
-    the run that holds them.
-    """
-    out_dir = Path(out_dir)
-    by_path: dict[str, ImageRecord] = {}
-    for path in sorted((out_dir / RECORDS_DIR).rglob("*.json")):
-        record = _read_record(path, out_dir)
-        if record is not None:
-            by_path[record.path] = record
-    by_path.update((r.path, r) for r in records if r.status in ("done", "failed"))
-    rows = []
-    for path in sorted(by_path):
-        row = by_path[path].to_dict()
-        row["ambiguity_groups"] = json.dumps(row["ambiguity_groups"])
-        row["rp_scores"] = list(row["rp_scores"].items())
-        rows.append(row)
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), sink)
-    target = out_dir / INDEX_NAME
-    atomic_write(target, sink.getvalue().to_pybytes())
-    return target
-
-
-def _read_record(path: Path, out_dir: Path | None = None) -> ImageRecord | None:
-    """The record at ``path`` (checked to lie inside ``out_dir`` when given: a record found by a
-    listing may be a symlink to anywhere), or None."""
-    try:
-        if out_dir is not None:
-            path = contained(out_dir, path.relative_to(out_dir))
-        return ImageRecord(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # missing, left half-written by a killed run, or leading outside: redo the image

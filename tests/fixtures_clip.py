@@ -15,7 +15,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from freecp.clip import ClassEmbeddings, ClipBackbone, embed_vocabulary, load_backbone
+from freecp.clip import ClassEmbeddings, ClipBackbone, embed_vocabulary
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.vocab import load_vocabulary
 
 
@@ -42,7 +44,7 @@ def tiny_backbone() -> ClipBackbone:
     """The shipped ``freecp-tiny`` config with seeded random weights (the warning is expected)."""
     with warnings.catch_warnings(), one_torch_thread():
         warnings.simplefilter("ignore", UserWarning)
-        return load_backbone("freecp-tiny", pretrained=None)
+        return create_backbone(ClipModel("freecp-tiny", pretrained="none"))
 
 
 @pytest.fixture(scope="session")

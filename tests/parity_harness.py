@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from freecp.clip import ClassEmbeddings, ClipBackbone, DenseOutput, embed_vocabulary, load_backbone
+from freecp.clip import ClassEmbeddings, ClipBackbone, DenseOutput, embed_vocabulary
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.clip.text import average_embeddings, encode_class_names
 from freecp.io import read_image
 from freecp.segmenter import Segmenter
@@ -259,7 +261,7 @@ def _content_key(tensor: torch.Tensor) -> str:
 
 
 def load_parity_backbone(weights: Path, float_order: str = "reference") -> ClipBackbone:
-    return load_backbone(MODEL, checkpoint=weights, float_order=float_order)
+    return create_backbone(ClipModel(MODEL, clip_checkpoint=weights), float_order=float_order)
 
 
 class ParityRuns:

@@ -18,13 +18,16 @@ from pathlib import Path
 def main(images: str, out: str, vocab_file: str, sync: str, tag: str) -> None:
     import torch
 
-    from freecp.pipeline import build_segmenter, segment_folder
+    from freecp.build import build_segmenter
+    from freecp.jobs import ClipModel, SegmentJob
+    from freecp.pipeline import segment_folder
     from freecp.vocab import load_vocabulary
 
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights, on purpose
-        segmenter = build_segmenter(load_vocabulary(vocab_file), model="freecp-tiny", pretrained=None)
+        job = SegmentJob(ClipModel("freecp-tiny", pretrained="none"), store=None)
+        segmenter = build_segmenter(load_vocabulary(vocab_file), job)
     (Path(sync) / f"ready-{tag}").touch()
     while not (Path(sync) / "go").exists():
         time.sleep(0.05)

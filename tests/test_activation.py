@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 
 import freecp.clip.activation as activation
 from freecp.cli import app
-from freecp.clip import WeightsUnavailableError, load_backbone
+from freecp.clip import WeightsUnavailableError
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.clip.activation import AmbiguousActivationError, content_digest, tag_activation
 from freecp.clip.model import ClipBackbone
 
@@ -54,7 +56,7 @@ def _same_weights(a: ClipBackbone, b: ClipBackbone) -> bool:
 
 def test_a_bare_state_dict_for_a_name_with_both_activations_is_refused_with_the_options(twin_checkpoint):
     with pytest.raises(AmbiguousActivationError) as refused:
-        load_backbone(TWIN, checkpoint=twin_checkpoint)
+        create_backbone(ClipModel(TWIN, clip_checkpoint=twin_checkpoint))
     message = str(refused.value)
     assert str(twin_checkpoint) in message
     assert all(option in message for option in ("--quick-gelu", "--no-quick-gelu", f"--model {TWIN}-quickgelu",
@@ -62,8 +64,8 @@ def test_a_bare_state_dict_for_a_name_with_both_activations_is_refused_with_the_
 
 
 def test_an_explicit_choice_builds_that_activation_under_its_own_key(twin_checkpoint):
-    quick = load_backbone(TWIN, checkpoint=twin_checkpoint, quick_gelu=True)
-    plain = load_backbone(TWIN, checkpoint=twin_checkpoint, quick_gelu=False)
+    quick = create_backbone(ClipModel(TWIN, clip_checkpoint=twin_checkpoint, quick_gelu=True))
+    plain = create_backbone(ClipModel(TWIN, clip_checkpoint=twin_checkpoint, quick_gelu=False))
     assert (quick.architecture, _uses_quick_gelu(quick)) == (f"{TWIN}-quickgelu", True)
     assert (plain.architecture, _uses_quick_gelu(plain)) == (TWIN, False)
     digest = hashlib.sha256(twin_checkpoint.read_bytes()).hexdigest()[:16]
@@ -74,22 +76,22 @@ def test_an_explicit_choice_builds_that_activation_under_its_own_key(twin_checkp
 
 
 def test_a_name_that_states_its_activation_needs_no_other_rule(twin_checkpoint, tiny_backbone, tmp_path):
-    assert _uses_quick_gelu(load_backbone(f"{TWIN}-quickgelu", checkpoint=twin_checkpoint))
+    assert _uses_quick_gelu(create_backbone(ClipModel(f"{TWIN}-quickgelu", clip_checkpoint=twin_checkpoint)))
     path = tmp_path / "tiny.pt"  # freecp-tiny has no GELU twin: its QuickGELU config is the only one
     torch.save(tiny_backbone.model.state_dict(), path)
-    tiny = load_backbone("freecp-tiny", checkpoint=path)
+    tiny = create_backbone(ClipModel("freecp-tiny", clip_checkpoint=path))
     assert tiny.architecture == "freecp-tiny" and _uses_quick_gelu(tiny)
 
 
 def test_an_openai_style_torchscript_archive_builds_quickgelu_with_its_weights(twin_checkpoint, tmp_path):
-    reference = load_backbone(TWIN, checkpoint=twin_checkpoint, quick_gelu=True)
+    reference = create_backbone(ClipModel(TWIN, clip_checkpoint=twin_checkpoint, quick_gelu=True))
     images, texts = torch.randn(1, 3, 224, 224), reference.tokenizer(["a cat"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(reference.model, (images, texts), check_trace=False, strict=False)
     archive = tmp_path / "ViT-twin.pt"
     traced.save(str(archive))
-    loaded = load_backbone(TWIN, checkpoint=archive)
+    loaded = create_backbone(ClipModel(TWIN, clip_checkpoint=archive))
     assert loaded.architecture == f"{TWIN}-quickgelu" and _uses_quick_gelu(loaded)
     assert _same_weights(loaded, reference)
 
@@ -100,14 +102,14 @@ def test_open_clip_config_beside_the_file_decides(twin_checkpoint, tmp_path, sta
     folder.mkdir()
     (folder / "open_clip_pytorch_model.bin").write_bytes(twin_checkpoint.read_bytes())
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": stated}}))
-    loaded = load_backbone(TWIN, checkpoint=folder / "open_clip_pytorch_model.bin")
+    loaded = create_backbone(ClipModel(TWIN, clip_checkpoint=folder / "open_clip_pytorch_model.bin"))
     assert _uses_quick_gelu(loaded) is stated
 
 
 def test_a_known_checkpoint_is_recognised_by_its_content(twin_checkpoint, monkeypatch):
     digest = content_digest(torch.load(twin_checkpoint))
     monkeypatch.setitem(activation.KNOWN_CHECKPOINTS, digest, (True, "the twin test weights"))
-    loaded = load_backbone(TWIN, checkpoint=twin_checkpoint)
+    loaded = create_backbone(ClipModel(TWIN, clip_checkpoint=twin_checkpoint))
     assert loaded.architecture == f"{TWIN}-quickgelu" and _uses_quick_gelu(loaded)
 
 
@@ -126,7 +128,7 @@ def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsUnavailableError, match="cannot read checkpoint"):
-        load_backbone("ViT-B-16", checkpoint=broken)
+        create_backbone(ClipModel("ViT-B-16", clip_checkpoint=broken))
 
 
 def test_pretrained_tags_take_their_activation_from_open_clips_registry():

@@ -11,7 +11,9 @@ import warnings
 import pytest
 import torch
 
-from freecp.clip import ClipBackbone, WeightsUnavailableError, load_backbone
+from freecp.clip import ClipBackbone, WeightsUnavailableError
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.clip.model import LAST_BLOCK_PATHS, _interpolated_positions
 from freecp.settings import PROTOCOLS, VARIANTS
 
@@ -27,10 +29,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
-def _quiet_load(*args, **kwargs) -> ClipBackbone:
+def _quiet_load(clip: ClipModel, **head) -> ClipBackbone:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return load_backbone(*args, **kwargs)
+        return create_backbone(clip, **head)
 
 
 def test_every_protocol_names_every_variant():
@@ -119,9 +121,9 @@ def test_random_weights_depend_only_on_the_seed(tiny_backbone):
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    again = _quiet_load("freecp-tiny", pretrained=None, seed=0)
+    again = _quiet_load(ClipModel("freecp-tiny", pretrained="none"), seed=0)
     assert torch.equal(torch.rand(3), expected_draw)  # the caller's random stream is left alone
-    other = _quiet_load("freecp-tiny", pretrained="none", seed=1)
+    other = _quiet_load(ClipModel("freecp-tiny", pretrained="none"), seed=1)
     assert _same_weights(again.model, tiny_backbone.model)
     assert not _same_weights(other.model, tiny_backbone.model)
     assert again.model_key == "freecp-tiny/random-seed0" and other.model_key == "freecp-tiny/random-seed1"
@@ -129,13 +131,13 @@ def test_random_weights_depend_only_on_the_seed(tiny_backbone):
 
 def test_random_weights_warn_that_results_are_meaningless():
     with pytest.warns(UserWarning, match="RANDOM"):
-        load_backbone("freecp-tiny", pretrained=None)
+        create_backbone(ClipModel("freecp-tiny", pretrained="none"))
 
 
 def test_a_local_checkpoint_gives_the_same_weights_and_a_key_with_its_hash(tiny_backbone, tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(tiny_backbone.model.state_dict(), path)
-    loaded = load_backbone("freecp-tiny", checkpoint=path)
+    loaded = create_backbone(ClipModel("freecp-tiny", clip_checkpoint=path))
     assert _same_weights(loaded.model, tiny_backbone.model)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     assert loaded.model_key == f"freecp-tiny/file-{digest}"
@@ -145,19 +147,19 @@ def test_a_local_checkpoint_gives_the_same_weights_and_a_key_with_its_hash(tiny_
 
 def test_a_missing_checkpoint_file_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
-        load_backbone("freecp-tiny", checkpoint=tmp_path / "nothing.pt")
+        create_backbone(ClipModel("freecp-tiny", clip_checkpoint=tmp_path / "nothing.pt"))
 
 
 def test_an_unknown_model_name_is_refused():
     with pytest.raises(ValueError, match="unknown CLIP model"):
-        load_backbone("ViT-Imaginary-7", pretrained=None)
+        create_backbone(ClipModel("ViT-Imaginary-7", pretrained="none"))
 
 
 def test_offline_pretrained_weights_fail_fast_and_point_at_a_local_checkpoint():
     script = (
-        "from freecp.clip import WeightsUnavailableError, load_backbone\n"
+        "from freecp.build import create_backbone\nfrom freecp.clip import WeightsUnavailableError\nfrom freecp.jobs import ClipModel\n"
         "try:\n"
-        "    load_backbone('ViT-B-16', pretrained='openai')\n"
+        "    create_backbone(ClipModel('ViT-B-16', pretrained='openai'))\n"
         "except WeightsUnavailableError as err:\n"
         "    print('MESSAGE:', err)\n"
         "    raise SystemExit(3)\n"

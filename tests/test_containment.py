@@ -123,7 +123,7 @@ def test_contained_refuses_every_way_out(tmp_path, relative):
 
 def test_index_ignores_records_that_lead_outside(tmp_path):
     """A record file that is a symlink to a JSON elsewhere is not read into the index."""
-    from freecp.pipeline import write_index
+    from freecp.records import write_index
     import pandas as pd
 
     out = tmp_path / "out"

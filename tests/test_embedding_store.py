@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from freecp.clip import ClassEmbeddings, embed_vocabulary, load_backbone
+from freecp.clip import ClassEmbeddings, embed_vocabulary
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.stores.embeddings import (
     CLASS,
     DESCRIPTION,
@@ -42,12 +44,13 @@ TOLERANCE = 1e-6
 WRITER = """
 import json, pathlib, sys, time, warnings
 warnings.simplefilter("ignore")
-from freecp.clip import load_backbone
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.encoding import ensure_encoded
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
 spec = json.loads(sys.argv[1])
-backbone = load_backbone("freecp-tiny", pretrained=None)
+backbone = create_backbone(ClipModel("freecp-tiny", pretrained="none"))
 if spec.get("block_after"):
     # Stop inside the text encoder on call block_after + 1 (every earlier batch's shard is written),
     # signal the test, and wait there until it kills this process.
@@ -86,7 +89,7 @@ def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 180) -
 def tiny():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_backbone("freecp-tiny", pretrained=None)
+        return create_backbone(ClipModel("freecp-tiny", pretrained="none"))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +183,7 @@ def test_vectors_of_another_model_are_refused(tmp_path, tiny):
     ensure_encoded(store, vocab, tiny)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        other = load_backbone("freecp-tiny", pretrained=None, seed=1)
+        other = create_backbone(ClipModel("freecp-tiny", pretrained="none"), seed=1)
     with pytest.raises(ModelMismatchError, match="freecp-tiny/random-seed0.*not of freecp-tiny/random-seed1"):
         load_embeddings(store, vocab, other)
 

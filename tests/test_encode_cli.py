@@ -13,7 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from freecp.cli import app
-from freecp.clip import embed_vocabulary, load_backbone
+from freecp.clip import embed_vocabulary
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.encoding import load_embeddings
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore
@@ -60,7 +62,7 @@ def test_encode_then_reuse_then_ls_and_inspect(tmp_path, vocab_file, description
     vocab = load_vocabulary(vocab_file)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = load_backbone("freecp-tiny", pretrained=None)
+        backbone = create_backbone(ClipModel("freecp-tiny", pretrained="none"))
     stored = load_embeddings(EmbeddingStore(str(store)), vocab, backbone)
     want = embed_vocabulary(backbone, vocab, DESCRIPTIONS)
     assert torch.allclose(stored.queries, want.queries, atol=1e-6, rtol=0)

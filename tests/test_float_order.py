@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from freecp.cli import app
 from freecp.clip import ClipBackbone, embed_vocabulary
 from freecp.clip.keys import weights_request
-from freecp.encoding import encode_vocabulary, ensure_encoded, load_embeddings
+from freecp.encoding import encode, ensure_encoded, load_embeddings
 from freecp.refine import propagate
 from freecp.segmenter import Segmenter
+from freecp.jobs import ClipModel, EncodeJob
 from freecp.settings import SegmentSettings
 from freecp.stores.embeddings import EmbeddingStore, MissingEmbeddingsError
 from freecp.text_keys import float_order_of, model_key_of, text_key
@@ -26,6 +27,7 @@ from freecp.vocab import load_vocabulary
 from tests.fixtures_clip import one_torch_thread
 
 # A few classes, so both orders' embeddings are cheap; background names included as in voc21.
+TINY = ClipModel("freecp-tiny", pretrained="none")
 CLASSES = ["background; sky; wall", "cat", "dog", "person", "bottle", "chair"]
 DESCRIPTIONS = {"cat": ["a small furry pet with whiskers", "a feline curled up asleep"],
                 "dog": ["a loyal four-legged companion that barks"]}
@@ -53,7 +55,7 @@ def test_each_order_files_its_text_vectors_under_its_own_key(tiny_backbone) -> N
     # A key written before float orders were recorded names neither, and is its own model key.
     assert float_order_of(tiny_backbone.model_key) is None
     assert model_key_of(tiny_backbone.model_key) == tiny_backbone.model_key
-    assert weights_request("freecp-tiny", None) != weights_request("freecp-tiny", None, float_order="reference")
+    assert weights_request(TINY) != weights_request(TINY, float_order="reference")
 
 
 def test_the_two_text_paths_agree_to_rounding_but_take_different_sums(tiny_backbone) -> None:
@@ -116,7 +118,7 @@ def test_a_store_written_before_float_orders_is_named_by_store_check_and_encoded
     url = str(tmp_path / "store")
     with one_torch_thread():
         ensure_encoded(EmbeddingStore(url), vocab, _UnrecordedTower(_reference(tiny_backbone)))
-    old_request = weights_request("freecp-tiny", None).replace("|float_order=fast", "")
+    old_request = weights_request(TINY).replace("|float_order=fast", "")
     EmbeddingStore(url).remember_key(old_request, tiny_backbone.model_key)
 
     check = CliRunner().invoke(app, ["store", "check", url])
@@ -127,8 +129,8 @@ def test_a_store_written_before_float_orders_is_named_by_store_check_and_encoded
 
     with one_torch_thread(), caplog.at_level("WARNING", logger="freecp.encoding"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights, as asked
-        first = encode_vocabulary(vocab, store=url, model="freecp-tiny", pretrained="none")
-        second = encode_vocabulary(vocab, store=url, model="freecp-tiny", pretrained="none")
+        first = encode(vocab, EncodeJob(TINY, store=url))
+        second = encode(vocab, EncodeJob(TINY, store=url))
         fresh = embed_vocabulary(tiny_backbone, vocab).queries
     lines = [r.getMessage() for r in caplog.records if "nobody recorded" in r.getMessage()]
     assert len(lines) == 1 and "encoding inline once under float order 'fast'" in lines[0]

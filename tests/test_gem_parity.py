@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from freecp.clip import ClipBackbone, load_backbone
+from freecp.clip import ClipBackbone
+from freecp.build import create_backbone
+from freecp.jobs import ClipModel
 from freecp.refine import affinity_transition, refine
 from tests.fixtures_parity import require_parity
 from tests.parity_harness import TOLERANCES
@@ -29,7 +31,7 @@ def fixtures():
 
 @pytest.fixture(scope="module")
 def gem(parity_weights) -> ClipBackbone:
-    return load_backbone("ViT-B-16", checkpoint=parity_weights, variant="gem", protocol="freecp")
+    return create_backbone(ClipModel("ViT-B-16", clip_checkpoint=parity_weights), variant="gem", protocol="freecp")
 
 
 def _crops(fixtures, image: str) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from freecp.clip import ClipBackbone
-from freecp.pipeline import names_cut_by_context, run_key, segment_one
+from freecp.build import names_cut_by_context
+from freecp.pipeline import run_key, segment_one
 from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.vocab import load_vocabulary

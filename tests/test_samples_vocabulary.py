@@ -10,7 +10,8 @@ import torch
 
 from freecp.clip.text import average_embeddings
 from freecp.encoding import ensure_encoded, load_embeddings, shipped_descriptions
-from freecp.pipeline import build_segmenter
+from freecp.build import build_segmenter
+from freecp.jobs import ClipModel, SegmentJob
 from freecp.settings import settings_for
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.vocab import load_vocabulary
@@ -33,8 +34,8 @@ def test_every_sample_class_has_shipped_descriptions_and_no_other_vocabulary_doe
 def _segmenter(store: str):
     with warnings.catch_warnings(), one_torch_thread():
         warnings.simplefilter("ignore", UserWarning)  # random weights, as asked
-        return build_segmenter(SAMPLES, model="freecp-tiny", pretrained="none", store=store,
-                               settings=settings_for("samples"))
+        return build_segmenter(SAMPLES, SegmentJob(ClipModel("freecp-tiny", pretrained="none"), store=store),
+                               settings_for("samples"))
 
 
 def test_a_segment_run_encodes_the_shipped_descriptions_into_a_store_that_has_none(tmp_path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from freecp.build import build_segmenter
 from freecp.flows.segmenters import device_for_worker
+from freecp.jobs import ClipModel, SegmentJob
 from freecp.pipeline import segment_folder
 from freecp.prefetch import WriteBehind, WriteStopped, read_ahead
 from freecp.segmenter import Segmenter
@@ -90,16 +93,21 @@ def _write_folder(root: Path) -> None:
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
 
 
-def test_read_ahead_and_batching_write_the_same_files(tiny_backbone, tiny_voc21_embeddings, tmp_path):
+def test_read_ahead_and_batching_write_the_same_files(tmp_path):
+    """Each mode's segmenter comes from the builder, which splits torch's threads between its
+    ``workers`` (the run summary reports the split)."""
     folder = tmp_path / "images"
     _write_folder(folder)
     runs, before = {}, torch.get_num_threads()
     modes = [("in turn", 0, 1, 1), ("read ahead", 2, 1, 1), ("batched", 2, 3, 1), ("two workers", 1, 1, 2),
              ("batched workers", 0, 2, 3)]
+    job = SegmentJob(ClipModel("freecp-tiny", pretrained="none"), store=None)
     try:
         for name, prefetch, batch, workers in modes:
             settings = settings_for("voc21", prefetch=prefetch, batch_images=batch, workers=workers, **FAST)
-            segmenter = Segmenter(tiny_backbone, VOC21, tiny_voc21_embeddings, settings)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # random weights, as asked
+                segmenter = build_segmenter(VOC21, job, settings)
             summary = segment_folder(segmenter, folder, tmp_path / name)
             assert [r.status for r in summary.records] == ["failed", "done", "done", "done", "done"]
             assert summary.threads.segmenters == workers

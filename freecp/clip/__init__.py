@@ -14,7 +14,6 @@ _HOMES = {
     "ClipBackbone": "freecp.clip.model",
     "DenseOutput": "freecp.clip.model",
     "WeightsUnavailableError": "freecp.clip.errors",
-    "load_backbone": "freecp.clip.model",
 }
 
 __all__ = sorted(_HOMES)

@@ -1,7 +1,7 @@
 """An open_clip ViT turned into a dense segmenter backbone (ALGORITHM.md section 2).
 
-``load_backbone`` is the one entry point: a model name plus a pretrained tag, a local checkpoint
-file, or explicitly requested random weights. The returned ``ClipBackbone`` runs
+``freecp.build.create_backbone`` builds one from a ``ClipModel`` (a model name plus a pretrained
+tag, a local checkpoint file, or explicitly requested random weights). A ``ClipBackbone`` runs
 
 * ``dense_forward``: all windows of an image in one batch; blocks 1..L-1 run as usual while their
   attention is recorded (head-averaged; head 0 only for GEM under the freecp protocol), and a
@@ -13,34 +13,19 @@ file, or explicitly requested random weights. The returned ``ClipBackbone`` runs
 
 from __future__ import annotations
 
-import logging
 import math
-import socket
-import textwrap
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from urllib.parse import urlparse
 
 import open_clip
 import torch
 import torch.nn.functional as F
 
-from freecp.clip.activation import (Activation, AmbiguousActivationError, architecture_name, checkpoint_activation, config_quick_gelu,
-                                    is_torchscript_archive, load_state_dict, tag_activation)
-from freecp.clip.errors import WeightsUnavailableError
-from freecp.defaults import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED
-from freecp.clip.keys import file_hash
-from freecp.weights import is_random
 from freecp.resources import MODEL_CONFIGS, shipped
 from freecp.settings import SegmentSettings, check_float_order
 from freecp.text_keys import text_key
 
 open_clip.add_model_config(shipped(MODEL_CONFIGS))
-logger = logging.getLogger(__name__)
 
 NACLIP_GAUSSIAN_STD = 5.0  # patches
 GEM_BLOCKS = 6             # GEM's self-self attention path runs beside the last 6 blocks (its depth 7)
@@ -325,98 +310,3 @@ def _neighbourhood_bias(grid_h: int, grid_w: int, std: float) -> torch.Tensor:
     bias = torch.zeros(grid_h * grid_w + 1, grid_h * grid_w + 1)
     bias[1:, 1:] = gauss
     return bias
-
-
-def load_backbone(model_name: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                  checkpoint: str | Path | None = None, device: str = "cpu",
-                  variant: str = "sclip", protocol: str = "freecp", seed: int = 0,
-                  quick_gelu: bool | None = None, float_order: str = SegmentSettings.float_order) -> ClipBackbone:
-    """Build the backbone from a pretrained tag, a local checkpoint file, or random weights.
-
-    The activation (QuickGELU or GELU) follows ``quick_gelu`` when given, else the tag's registry
-    entry or, for a file, the rules in ``freecp.clip.activation`` (an ambiguous file is refused);
-    ``ClipBackbone.architecture`` names what was built, and it is part of the model key.
-    Random weights are used only when asked for (``pretrained=None`` or ``"none"``) and give
-    meaningless segmentations; they exist for tests and plumbing checks. ``float_order`` picks
-    the text tower's path (``ClipBackbone._text_forward``).
-    """
-    if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP model {model_name!r}; see open_clip.list_models()")
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
-        try:
-            activation = checkpoint_activation(model_name, path, quick_gelu)
-        except AmbiguousActivationError:
-            raise
-        except Exception as err:  # a file torch cannot read raises whatever its unpickler or zip reader raises
-            raise WeightsUnavailableError(f"cannot read checkpoint {path}: {textwrap.shorten(str(err), 160)}") from None
-        model = _create(model_name, str(path), activation.quick_gelu)
-        key = f"{activation.architecture}/file-{file_hash(path)}"
-    elif is_random(pretrained):
-        warnings.warn("CLIP weights are RANDOM (--pretrained none): segmentations are meaningless; "
-                      "use this only for tests and plumbing checks", stacklevel=2)
-        quick = config_quick_gelu(model_name) if quick_gelu is None else quick_gelu
-        activation = Activation(quick, architecture_name(model_name, quick), "random weights")
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = open_clip.create_model(model_name, pretrained=None, quick_gelu=quick)
-        key = f"{activation.architecture}/random-seed{seed}"
-    else:
-        activation = tag_activation(model_name, pretrained, quick_gelu)
-        model = _create(model_name, pretrained, activation.quick_gelu)
-        # "openai" has always been built with QuickGELU, so its key keeps the plain model name.
-        key = f"{model_name if pretrained == 'openai' else activation.architecture}/{pretrained}"
-    logger.info("CLIP %s built as %s (%s), model key %s", model_name, activation.architecture,
-                activation.reason, key)
-    return ClipBackbone(model, open_clip.get_tokenizer(model_name), model_name, key,
-                        variant=variant, protocol=protocol, device=device, architecture=activation.architecture,
-                        float_order=float_order)
-
-
-def _create(model_name: str, source: str, quick_gelu: bool) -> open_clip.CLIP:
-    """open_clip's model with the given activation and weights from a tag or a file.
-
-    open_clip cannot read TorchScript archives (OpenAI's .pt files) since torch.load became
-    weights-only, so their tensors are loaded here and put into the model.
-    """
-    try:
-        with _offline_aware_loading():
-            if Path(source).is_file() and is_torchscript_archive(Path(source)):
-                model = open_clip.create_model(model_name, pretrained=None, quick_gelu=quick_gelu)
-                model.load_state_dict(load_state_dict(Path(source)))
-                return model
-            return open_clip.create_model(model_name, pretrained=source, quick_gelu=quick_gelu)
-    except Exception as err:  # open_clip wraps download and file errors in RuntimeError or raises OSError
-        raise WeightsUnavailableError(
-            f"could not load CLIP weights {model_name}/{source} "
-            f"({textwrap.shorten(str(err), 160, placeholder=' ...')}).",
-            f"Offline? Download the checkpoint on a machine with internet (for example "
-            f"open_clip.create_model('{model_name}', pretrained='{source}') fills the Hugging Face cache, "
-            f"or fetch the .bin/.pt file) and pass it with {{checkpoint}}; "
-            f"or use {{random}} for random weights (tests only).",
-        ) from None
-
-
-@contextmanager
-def _offline_aware_loading() -> Iterator[None]:
-    """Load quietly, and from the local cache only when the hub's host does not even resolve.
-
-    Without this, a machine with no network retries the download for about a minute and prints
-    a page of warnings before our one message. ``HF_HUB_OFFLINE`` is read by huggingface_hub at
-    import time, so the switch is made on its constants module, for this call only.
-    """
-    import huggingface_hub.constants as hub
-
-    previous = hub.HF_HUB_OFFLINE
-    try:
-        socket.getaddrinfo(urlparse(hub.ENDPOINT).hostname, 443)
-    except OSError:
-        hub.HF_HUB_OFFLINE = True
-    logging.disable(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-        hub.HF_HUB_OFFLINE = previous

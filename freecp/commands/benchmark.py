@@ -41,6 +41,7 @@ def benchmark(
     --compare-ap-texts / --compare-pamr, one run per combination and one table of all of them.
     Exits 1 if any image failed."""
     from freecp.benchmark import REPORT_JSON, REPORT_MARKDOWN, BenchmarkError, find_split, run_benchmark
+    from freecp.build import build_segmenter
     from freecp.clip import WeightsUnavailableError
     from freecp.evaluate import EvaluationError
     from freecp.layout import DiskFullError, UnwritableOutputError
@@ -55,7 +56,8 @@ def benchmark(
             controls = compare_ap_texts.split(",") if compare_ap_texts else []
             reports, failed, table = _run_ablation(job, split, settings, controls, compare_pamr, out)
         else:
-            segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), settings, console)
+            with opt.build_feedback(job, console) as on_progress:
+                segmenter = build_segmenter(load_vocabulary(split.layout.name), job, settings, on_progress=on_progress)
             with progress_bars() as on_progress:
                 report, summary = run_benchmark(segmenter, split, out, job.clip.weights, on_progress)
     except DiskFullError as err:
@@ -104,12 +106,14 @@ def _run_ablation(job: SegmentJob, split, settings, controls: list[str], both_pa
     """One benchmark run per combination (``freecp.benchmark.ablation_runs``), each in its own
     subfolder of ``out``: the reports, whether any image failed, and the table's file."""
     from freecp.benchmark import ablation_runs, run_benchmark, write_ablation
+    from freecp.build import build_segmenter
     from freecp.vocab import load_vocabulary
 
     reports, failed = [], False
     for folder, run_settings in ablation_runs(settings, controls, both_pamr):
         console.print(f"run {folder}")
-        segmenter = opt.open_segmenter(job, load_vocabulary(split.layout.name), run_settings, console)
+        with opt.build_feedback(job, console) as on_progress:
+            segmenter = build_segmenter(load_vocabulary(split.layout.name), job, run_settings, on_progress=on_progress)
         with progress_bars() as on_progress:
             report, summary = run_benchmark(segmenter, split, out / folder, job.clip.weights, on_progress)
         reports.append(report)

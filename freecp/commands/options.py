@@ -1,5 +1,5 @@
-"""Command-line options made from the job specs' fields (``freecp.jobs``), and the one way a
-segmenting command opens its segmenter.
+"""Command-line options made from the job specs' fields (``freecp.jobs``), and what a segmenting
+command shows while its segmenter is built.
 
 ``with_jobs(job=SegmentJob)`` gives a command one Typer option per leaf field of the spec, with
 the field's type, default, help and bounds, and calls it with the rebuilt spec: the options are
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, get_args
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
@@ -19,11 +20,7 @@ from rich.console import Console
 from freecp.commands.progress import progress_bars
 from freecp.flatten import JobField, signed, with_job_parameters
 from freecp.jobs import SegmentJob
-
-if TYPE_CHECKING:
-    from freecp.segmenter import Segmenter
-    from freecp.settings import SegmentSettings
-    from freecp.vocab import Vocabulary
+from freecp.progress import ProgressCallback
 
 
 def typer_option(f: JobField) -> inspect.Parameter:
@@ -68,18 +65,13 @@ def with_jobs(**specs: type) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
-def open_segmenter(job: SegmentJob, vocabulary: Vocabulary, settings: SegmentSettings,
-                   console: Console) -> Segmenter:
-    """Build the segmenter with progress bars for any encoding, after setting this process's
-    thread policy (``settings.workers`` model calls at a time); random weights are announced
-    once, on ``console``."""
-    from freecp.pipeline import open_segmenter as build
-    from freecp.threads import apply_thread_policy
-
-    apply_thread_policy(segmenters=settings.workers)
+@contextmanager
+def build_feedback(job: SegmentJob, console: Console) -> Iterator[ProgressCallback]:
+    """What a user sees while ``freecp.build.build_segmenter`` runs in this block: progress bars
+    for any encoding (the callback yielded), and random weights announced once, on ``console``,
+    instead of as a Python warning."""
     with warnings.catch_warnings(), progress_bars() as on_progress:
         warnings.simplefilter("ignore")  # the random-weights warning is printed once, below
-        segmenter = build(vocabulary, job, settings=settings, on_progress=on_progress)
+        yield on_progress
     if job.clip.weights.random:
         console.print("[yellow]warning: random CLIP weights: the masks are meaningless (tests only)[/]")
-    return segmenter

@@ -64,6 +64,7 @@ def _fail(err: BaseException | str, code: int = exits.BAD_INPUT) -> None:
 
 def _segment(images: Path, out: Path, vocabulary, settings, job: FolderJob) -> None:
     """The heavy part: check the device, build the segmenter, run the folder, report."""
+    from freecp.build import build_segmenter
     from freecp.clip import WeightsUnavailableError
     from freecp.device import DeviceError, check_device
     from freecp.pipeline import DiskFullError, segment_folder
@@ -72,7 +73,8 @@ def _segment(images: Path, out: Path, vocabulary, settings, job: FolderJob) -> N
 
     try:
         check_device(job.segment.clip.device)
-        segmenter = opt.open_segmenter(job.segment, vocabulary, settings, console)
+        with opt.build_feedback(job.segment, console) as on_progress:
+            segmenter = build_segmenter(vocabulary, job.segment, settings, on_progress=on_progress)
         with progress_bars() as on_progress:
             summary = segment_folder(segmenter, images, out, on_progress, follow_symlinks=job.follow_symlinks)
     except StoreUnusableError as err:
