@@ -71,7 +71,7 @@ def test_segment_images_completes_and_changed_settings_redo_the_work(prefect_api
 
     first = segment_images(**common)
     assert first.is_completed() and first.result() == {"done": 1, "skipped": 0, "failed": 0}
-    assert any(log.name == "freecp.pipeline" and "segmenter ready" in log.message
+    assert any(log.name == "freecp.build" and "segmenter ready" in log.message
                for log in _run_logs(first.state_details.flow_run_id))  # the library's own log, in the run
     assert segment_images(**common).result() == {"done": 0, "skipped": 1, "failed": 0}
     # a different setting changes the run key: the image is redone, not skipped

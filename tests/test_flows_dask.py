@@ -63,7 +63,7 @@ def test_dask_workers_load_the_model_once_each(prefect_api: str, tmp_path: Path)
     assert len(list((out / "masks").iterdir())) == 6
     # the library's own log lines from inside the workers reach the run too (flows/logs.py)
     ready = [log for log in _subflow_logs(state.state_details.flow_run_id)
-             if log.name == "freecp.pipeline" and "segmenter ready" in log.message]
+             if log.name == "freecp.build" and "segmenter ready" in log.message]
     assert len(ready) == 2, ready  # one model built in each worker, each line routed from there
 
 
