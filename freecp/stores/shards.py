@@ -44,7 +44,7 @@ def shard_files(root: StoreRoot, folder: str, kind: str) -> list[str]:
     return root.list_files(posixpath.join(folder, kind), ".parquet")
 
 
-def shard_meta(schema: pa.Schema, origin: str) -> dict:
+def _shard_meta(schema: pa.Schema, origin: str) -> dict:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise NotAShardError(f"{origin} is not a freecp embedding shard "
@@ -80,7 +80,7 @@ def read_rows(root: StoreRoot, folder: str, kind: str, key: str, dim: int | None
     its rows into a new shard), so the read starts over from a fresh listing when that happens.
     """
     if wanted is not None and not wanted:
-        return empty_table(dim or 0)
+        return _empty_table(dim or 0)
     columns = columns or ["text_hash", "text", "vector"]
     value_set = pa.array(sorted(wanted), pa.string()) if wanted else None
 
@@ -88,7 +88,7 @@ def read_rows(root: StoreRoot, folder: str, kind: str, key: str, dim: int | None
         # Reading whole columns and filtering after is faster than a dataset filter here.
         try:
             table = pq.read_table(root.path(path), filesystem=root.fs, columns=columns)
-            meta = shard_meta(table.schema, f"{root.url}/{path}")
+            meta = _shard_meta(table.schema, f"{root.url}/{path}")
         except (pa.ArrowInvalid, NotAShardError) as err:
             skip_unreadable(f"{root.url}/{path}", err)
             return None
@@ -107,7 +107,7 @@ def read_rows(root: StoreRoot, folder: str, kind: str, key: str, dim: int | None
             if attempt == READ_ATTEMPTS - 1 or all(root.exists(p) for p in paths):
                 raise EmbeddingStoreError(f"{root.url}: cannot read the embedding store: {err}") from None
     if not tables:
-        return empty_table(dim or 0).select(columns)
+        return _empty_table(dim or 0).select(columns)
     return _dedupe(pa.concat_tables(tables, promote_options="default"))
 
 
@@ -116,7 +116,7 @@ def stored_hashes(root: StoreRoot, folder: str, kind: str, key: str, dim: int | 
     return set(read_rows(root, folder, kind, key, dim, columns=["text_hash"]).column("text_hash").to_pylist())
 
 
-def empty_table(dim: int) -> pa.Table:
+def _empty_table(dim: int) -> pa.Table:
     return pa.table({"text_hash": pa.array([], pa.string()), "text": pa.array([], pa.string()),
                      "vector": pa.array([], pa.list_(pa.float32(), max(dim, 1)))})
 

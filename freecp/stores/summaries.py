@@ -42,6 +42,8 @@ class EncodeSummary:
 
 @dataclass(frozen=True)
 class ModelSummary:
+    """One model in the store (``store ls``)."""
+
     model_key: str
     dim: int
     rows: dict[str, int]  # distinct texts per kind
@@ -51,6 +53,8 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class VocabularySummary:
+    """One vocabulary manifest of one model (``store ls``)."""
+
     model_key: str
     name: str
     content_hash: str
@@ -62,6 +66,8 @@ class VocabularySummary:
 
 @dataclass(frozen=True)
 class ClassCoverage:
+    """How much of one class is encoded (``store inspect``)."""
+
     index: int
     names: tuple[str, ...]
     queries_present: int
@@ -71,6 +77,8 @@ class ClassCoverage:
 
 @dataclass(frozen=True)
 class VocabularyCoverage:
+    """How much of a vocabulary is encoded for one model (``store inspect``)."""
+
     model_key: str
     vocabulary: str
     content_hash: str
