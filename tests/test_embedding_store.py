@@ -16,19 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from freecp.clip import ClassEmbeddings, embed_vocabulary
 from freecp.build import create_backbone
+from freecp.clip import ClassEmbeddings, embed_vocabulary
 from freecp.jobs import ClipModel
-from freecp.stores.embeddings import (
-    CLASS,
-    DESCRIPTION,
-    DESCRIPTION_MEAN,
-    MODELS_DIR,
-    EmbeddingStore,
-    MissingEmbeddingsError,
-    ModelMismatchError,
-    model_dir,
-)
+from freecp.stores.embeddings import EmbeddingStore, MissingEmbeddingsError, ModelMismatchError
+from freecp.stores.vector_keys import CLASS, DESCRIPTION, DESCRIPTION_MEAN, MODELS_DIR, model_dir
 from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.files import TEMP_PREFIX
 from freecp.vocab import Vocabulary, load_vocabulary

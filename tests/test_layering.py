@@ -28,8 +28,11 @@ def _loaded_by(*modules: str) -> set[str]:
 
 
 @pytest.mark.parametrize("modules", [
-    ("freecp.stores.embeddings", "freecp.stores.descriptions", "freecp.stores.check", "freecp.stores.fs"),
-    ("freecp.jobs", "freecp.flatten", "freecp.run_report", "freecp.encoding", "freecp.records", "freecp.clip.keys"),
+    ("freecp.stores.embeddings", "freecp.stores.vector_keys", "freecp.stores.embedding_errors",
+     "freecp.stores.manifest", "freecp.stores.shards", "freecp.stores.planning", "freecp.stores.summaries",
+     "freecp.stores.descriptions", "freecp.stores.check", "freecp.stores.fs", "freecp.stores.requests"),
+    ("freecp.jobs", "freecp.flatten", "freecp.run_report", "freecp.encoding", "freecp.records",
+     "freecp.clip.keys"),
 ])
 def test_stores_and_specs_load_no_model_ui_or_prefect(modules: tuple[str, ...]) -> None:
     loaded = _loaded_by(*modules)

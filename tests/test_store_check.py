@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from freecp.cli import app
 from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.stores.descriptions import SHARD_DIR, DescriptionCache
-from freecp.stores.embeddings import CLASS, MODELS_DIR, EmbeddingStore, model_dir
+from freecp.stores.embeddings import EmbeddingStore
+from freecp.stores.vector_keys import CLASS, MODELS_DIR, model_dir
 from freecp.vocab import load_vocabulary
 from tests.fixtures_clip import one_torch_thread
 from tests.test_description_cache import entry

@@ -20,9 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from freecp.stores.descriptions import SCHEMA, SHARD_DIR
-from freecp.stores.embeddings import MANIFEST_META_KEY, META_KEY, MODELS_DIR, EmbeddingStore
+from freecp.stores.embeddings import EmbeddingStore
+from freecp.stores.manifest import MANIFEST_META_KEY
+from freecp.stores.shards import META_KEY
 from freecp.stores.fs import QUARANTINE_DIR, StoreRoot, first_line, open_root
 from freecp.stores.requests import REQUESTS_DIR, decode_request, request_path
+from freecp.stores.vector_keys import MODELS_DIR
 
 
 @dataclass(frozen=True)
