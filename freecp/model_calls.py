@@ -38,35 +38,44 @@ class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
 
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
     @contextmanager
     def __call__(self, stage: str):
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            self.add(stage, time.perf_counter() - start)
 
 
 @dataclass
 class ModelCall:
-    """What one image's stages need from the model next; the time of the shared call is booked
-    to ``stage`` of ``timer``, pro rata."""
+    """What one image's stages need from the model next."""
 
     kind: Call
     pixels: torch.Tensor              # [n, 3, h, w] windows or crops
-    timer: StageTimer
-    stage: str
 
 
-Stages = Generator[ModelCall, Any, Result]
+@dataclass
+class Answer:
+    """The model's answer to one ``ModelCall`` and its share of the shared call's time (by its
+    number of windows or crops)."""
+
+    value: Any
+    seconds: float
 
 
-def run_together(runs: list[Stages], serve: Callable[[list[ModelCall | None]], list[Any]]) -> list[Result]:
+Stages = Generator[ModelCall, Answer, Result]  # one image's stages: they yield calls, get answers
+
+
+def run_together(runs: list[Stages], serve: Callable[[list[ModelCall | None]], list[Answer | None]]) -> list[Result]:
     """Advance every image's stages to its next model call, serve all the calls at once, hand each
     its answer; until every run has returned its result."""
     results: list[Any] = [None] * len(runs)
     calls: list[ModelCall | None] = [None] * len(runs)
-    answers: list[Any] = [None] * len(runs)
+    answers: list[Answer | None] = [None] * len(runs)
     pending = list(range(len(runs)))
     while pending:
         for i in pending:
@@ -79,10 +88,10 @@ def run_together(runs: list[Stages], serve: Callable[[list[ModelCall | None]], l
     return results
 
 
-def serve(calls: list[ModelCall | None], backbone: Backbone, window_batch: int, precision: str) -> list[Any]:
-    """Answer every pending call, one shared batch per kind; each call's share of the time (by
-    its number of windows or crops) goes to its image's timer."""
-    answers: list[Any] = [None] * len(calls)
+def serve(calls: list[ModelCall | None], backbone: Backbone, window_batch: int,
+          precision: str) -> list[Answer | None]:
+    """Answer every pending call, one shared batch per kind."""
+    answers: list[Answer | None] = [None] * len(calls)
     servers: dict[Call, Callable[[list[torch.Tensor]], list[Any]]] = {
         Call.DENSE: lambda pixel_sets: dense_forward(backbone, pixel_sets, window_batch),
         Call.CROPS: lambda crop_sets: encode_crops(backbone, crop_sets)}
@@ -96,8 +105,7 @@ def serve(calls: list[ModelCall | None], backbone: Backbone, window_batch: int, 
         seconds = time.perf_counter() - start
         total = sum(len(calls[i].pixels) for i in asking)
         for i, answer in zip(asking, served):
-            answers[i] = answer
-            calls[i].timer.seconds[calls[i].stage] += seconds * len(calls[i].pixels) / total
+            answers[i] = Answer(answer, seconds * len(calls[i].pixels) / total)
     return answers
 
 

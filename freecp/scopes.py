@@ -11,6 +11,7 @@ recipe then asks it, without testing which it is:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +34,8 @@ class AmbiguityPlan:
 
 
 class Scope(Protocol):
+    """What the recipe asks of a scope (see the module's docstring)."""
+
     def consistency(self, cams: torch.Tensor, refined: torch.Tensor) -> torch.Tensor: ...
 
     def plan(self, maps: torch.Tensor, classes: torch.Tensor, windows: Windows, patch: int,
@@ -105,12 +108,13 @@ class ImageScope:
         return 0, 0
 
 
-SCOPES: dict[str, type[WindowScope] | type[ImageScope]] = {"window": WindowScope, "image": ImageScope}
+# One scope for each value of ``settings.scope`` (``freecp.settings.SCOPES``).
+BY_NAME: dict[str, Callable[[SegmentSettings], Scope]] = {"window": WindowScope, "image": ImageScope}
 
 
 def scope_for(settings: SegmentSettings) -> Scope:
     """The scope ``settings.scope`` names, reading its thresholds from ``settings``."""
-    return SCOPES[settings.scope](settings)
+    return BY_NAME[settings.scope](settings)
 
 
 def in_vocabulary(groups: list[AmbiguityGroup], classes: torch.Tensor) -> list[AmbiguityGroup]:

@@ -116,11 +116,13 @@ class Segmenter:
         timer = StageTimer()
         s = self.settings
         prepared = image if isinstance(image, PreparedImage) else self.prepare(image)
-        timer.seconds["input"] += prepared.seconds
+        timer.add("input", prepared.seconds)
         windows, original = prepared.windows, prepared.size
         if trace is not None:
             trace.windows, trace.origins = windows.pixels, windows.origins
-        features, attention = yield ModelCall(Call.DENSE, windows.pixels, timer, "backbone")
+        dense = yield ModelCall(Call.DENSE, windows.pixels)
+        timer.add("backbone", dense.seconds)
+        features, attention = dense.value
         with timer("cam"):
             probs = query_softmax(features, self.embeddings.queries, self.backbone.logit_scale)
             cams = class_maps(probs, self.embeddings.query_class, len(self.vocab))
@@ -150,8 +152,11 @@ class Segmenter:
         if s.ambiguity and len(classes) > 1:
             with timer("ap"):
                 plan = self.scope.plan(maps, classes, windows, self.backbone.patch_size, trace is not None)
-            embedded = (yield ModelCall(Call.CROPS, torch.stack(plan.crops), timer, "ap")) if plan.crops \
-                else self.crop_targets[:0]
+            embedded = self.crop_targets[:0]
+            if plan.crops:
+                encoded = yield ModelCall(Call.CROPS, torch.stack(plan.crops))
+                timer.add("ap", encoded.seconds)
+                embedded = encoded.value
             with timer("ap"):
                 groups = resolve_groups(plan.groups, embedded, self.crop_targets, self.backbone.logit_scale,
                                         plan.crop_counts)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from freecp.purify import AmbiguityGroup, self_consistency
-from freecp.scopes import ImageScope, WindowScope, scope_for, zero_losers
-from freecp.settings import SegmentSettings
+from freecp.scopes import BY_NAME, ImageScope, WindowScope, scope_for, zero_losers
+from freecp.settings import SCOPES, SegmentSettings
 from freecp.windows import cut_windows
 
 PATCH = 4
 
 
 def test_the_settings_choose_the_scope_once():
+    assert set(BY_NAME) == set(SCOPES)
     assert isinstance(scope_for(SegmentSettings()), WindowScope)
     assert isinstance(scope_for(SegmentSettings(scope="image")), ImageScope)
 
