@@ -4,6 +4,7 @@
 its place (a simulated world, call counters, random text vectors). Typing against these
 Protocols, not the class, says exactly which members a stand-in must have; they are
 ``runtime_checkable`` so a test can check each stand-in against them. Torch is only named here.
+``check_backbone`` refuses a backbone built to compute other outputs than the settings name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from freecp.clip.model import DenseOutput
+    from freecp.settings import SegmentSettings
 
 
 @runtime_checkable
@@ -37,3 +39,20 @@ class TextEncoder(Protocol):
     embed_dim: int
 
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor: ...
+
+
+# What a backbone is built to compute that the settings also name (and the run key hashes).
+BACKBONE_SETTINGS = ("variant", "protocol", "float_order")
+
+
+def check_backbone(backbone: Backbone, settings: SegmentSettings) -> None:
+    """ValueError, in one line, when the backbone computes another variant, protocol or float
+    order than the settings name: the run key hashes the settings, so they must be what runs.
+    Stand-in backbones without these attributes are taken as they are."""
+    wrong = [(name, getattr(backbone, name), getattr(settings, name)) for name in BACKBONE_SETTINGS
+             if getattr(backbone, name, getattr(settings, name)) != getattr(settings, name)]
+    if wrong:
+        differences = "; ".join(f"{name.replace('_', ' ')} {have!r}, the settings ask for {want!r}"
+                                for name, have, want in wrong)
+        fix = ", ".join(f"{name}={want!r}" for name, _, want in wrong)
+        raise ValueError(f"the backbone runs {differences}: load it with {fix}")

@@ -6,6 +6,7 @@ groups and boxes, which are few; crops for all groups are encoded by the caller 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,9 +46,10 @@ def ambiguity_groups(overlap: torch.Tensor, threshold: float) -> list[list[int]]
     return [g for g in groups if len(g) > 1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AmbiguityGroup:
-    """Classes fighting over one region, the boxes to re-classify, and who won."""
+    """Classes fighting over one region, the boxes to re-classify, and who won (a planned group has
+    no winners yet; ``resolve_groups`` returns resolved copies)."""
 
     members: list[int]               # class indices (into the vocabulary)
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 in patch units of its map
@@ -98,8 +100,8 @@ def plan_ambiguity(refined: torch.Tensor, classes: list[int], ap_threshold: floa
 
 def resolve_groups(groups: list[AmbiguityGroup], crop_embeddings: torch.Tensor,
                    targets: torch.Tensor, logit_scale: float,
-                   crop_counts: list[int] | None = None) -> None:
-    """Set each group's winners from its crops' embeddings, group after group.
+                   crop_counts: list[int] | None = None) -> list[AmbiguityGroup]:
+    """The groups with their winners, decided from their crops' embeddings, group after group.
 
     ``crop_counts`` says how many crops each group has (default: ``len(crop_boxes)``; a trace
     also encodes the valid boxes of groups with a degenerate box, as the reference does). A crop
@@ -107,10 +109,13 @@ def resolve_groups(groups: list[AmbiguityGroup], crop_embeddings: torch.Tensor,
     group with a degenerate box, or none valid, keeps all its members.
     """
     counts = crop_counts if crop_counts is not None else [len(g.crop_boxes) for g in groups]
+    resolved = []
     offset = 0
     for group, count in zip(groups, counts):
         crops = crop_embeddings[offset:offset + count]
         offset += count
         scores = logit_scale * crops @ targets[group.members].T
-        group.crop_winners = [group.members[i] for i in scores.argmax(dim=1).tolist()]
-        group.winners = list(group.members) if group.has_degenerate_box else sorted(set(group.crop_winners))
+        crop_winners = [group.members[i] for i in scores.argmax(dim=1).tolist()]
+        winners = list(group.members) if group.has_degenerate_box else sorted(set(crop_winners))
+        resolved.append(dataclasses.replace(group, winners=winners, crop_winners=crop_winners))
+    return resolved

@@ -63,9 +63,9 @@ import torch.nn.functional as F
 
 from freecp.clip.model import DenseOutput
 from freecp.clip.text import ClassEmbeddings
-from freecp.segmenter import CLIP_MEAN, CLIP_STD
 from freecp.settings import SegmentSettings
 from freecp.vocab import Vocabulary, load_vocabulary
+from freecp.windows import CLIP_MEAN, CLIP_STD
 
 PATCH = 8
 DIM = 64

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from freecp import segmenter as segmenter_module
+from freecp import compose
 from freecp.ap_texts import RANDOM_WORDS, for_ap_texts, random_descriptors
 from freecp.cli import app
 from freecp.clip import embed_vocabulary
@@ -138,7 +138,7 @@ def test_pamr_out_of_memory_keeps_the_image_and_says_so(tiny_backbone, tiny_voc2
 
     with one_torch_thread():
         plain = Segmenter(tiny_backbone, vocab, tiny_voc21_embeddings, settings).segment(image)
-        monkeypatch.setattr(segmenter_module, "propagate", exhausted)
+        monkeypatch.setattr(compose, "propagate", exhausted)
         refused = Segmenter(tiny_backbone, vocab, tiny_voc21_embeddings, settings.replace(pamr=True)).segment(image)
     assert plain.pamr == "off" and refused.pamr == "skipped: out of memory"
     assert np.array_equal(plain.labels, refused.labels)

@@ -3,10 +3,11 @@
 import torch
 import torch.nn.functional as F
 
-from freecp.segmenter import Segmenter, _starts, _Windows
+from freecp.compose import canvas
+from freecp.windows import Windows, starts
 
 
-def step_by_step(maps, windows: _Windows, size):
+def step_by_step(maps, windows: Windows, size):
     """ALGORITHM.md s.6 literally: upsample each window, paste, divide by the count, resize."""
     height, width = windows.size
     wh, ww = windows.pixels.shape[-2:]
@@ -26,16 +27,16 @@ def test_matrix_composition_matches_the_reference_procedure():
                                                       ((448, 448), 384, 112, (448, 448)),
                                                       ((448, 300), 384, 112, (640, 429))]:
         wh, ww = min(window, height), min(window, width)
-        rows, cols = _starts(height, wh, stride), _starts(width, ww, stride)
-        windows = _Windows(torch.zeros(3, height, width), torch.zeros(len(rows) * len(cols), 3, wh, ww), rows, cols,
+        rows, cols = starts(height, wh, stride), starts(width, ww, stride)
+        windows = Windows(torch.zeros(3, height, width), torch.zeros(len(rows) * len(cols), 3, wh, ww), rows, cols,
                            (height, width))
         maps = torch.rand(len(rows) * len(cols), 5, wh // 16, ww // 16)
-        fast = Segmenter._canvas(None, maps, windows, original)
+        fast = canvas(maps, windows, original)
         assert fast.shape == (5, *original)
         assert torch.allclose(fast, step_by_step(maps, windows, original), atol=1e-5)
 
 
 def test_window_starts_cover_the_image_and_end_at_the_border():
-    assert _starts(448, 384, 112) == [0, 64]
-    assert _starts(663, 384, 112) == [0, 112, 224, 279]
-    assert _starts(300, 300, 112) == [0]
+    assert starts(448, 384, 112) == [0, 64]
+    assert starts(663, 384, 112) == [0, 112, 224, 279]
+    assert starts(300, 300, 112) == [0]

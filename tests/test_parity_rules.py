@@ -18,13 +18,14 @@ from freecp.cam import global_minmax
 from freecp.clip import ClipBackbone
 from freecp.purify import AmbiguityGroup, group_boxes, resolve_groups
 from freecp.refine import refine
-from freecp.segmenter import CLIP_MEAN, CLIP_STD, Segmenter
+from freecp.segmenter import Segmenter
 from freecp.settings import SegmentSettings
 from freecp.encoding import ensure_encoded, load_embeddings
 from freecp.stores.descriptions import DescriptionCache
 from freecp.stores.embeddings import EmbeddingStore
 from freecp.trace import SegmentTrace
 from freecp.vocab import load_vocabulary
+from freecp.windows import CLIP_MEAN, CLIP_STD, preprocess
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -58,8 +59,8 @@ def test_contour_boxes_are_clipped_to_size_minus_one_and_an_empty_map_gives_one_
 def test_a_group_with_a_degenerate_box_keeps_all_members_but_its_valid_crops_still_get_winners():
     group = AmbiguityGroup(members=[1, 2], boxes=[(0, 0, 2, 2), (3, 1, 3, 2)])
     targets = torch.eye(3)
-    resolve_groups([group], torch.tensor([[0.0, 0.0, 1.0]]), targets, 100.0, crop_counts=[1])
-    assert group.crop_winners == [2] and group.winners == [1, 2]
+    [resolved] = resolve_groups([group], torch.tensor([[0.0, 0.0, 1.0]]), targets, 100.0, crop_counts=[1])
+    assert resolved.crop_winners == [2] and resolved.winners == [1, 2]
 
 
 def test_global_minmax_takes_its_bounds_from_all_queries():
@@ -85,7 +86,7 @@ def test_input_is_resized_by_opencv_on_the_8_bit_image_like_mmcv(tiny_backbone, 
     # keep-ratio: factor min(2048 / 47, 64 / 30); sizes rounded half up
     resized = cv2.resize(image, (100, 64), interpolation=cv2.INTER_LINEAR)
     expected = (torch.from_numpy(resized).permute(2, 0, 1).float() - CLIP_MEAN) / CLIP_STD
-    assert torch.equal(segmenter._preprocess(image), expected)
+    assert torch.equal(preprocess(image, segmenter.settings.short_side), expected)
 
 
 def test_a_trace_records_every_stage_and_does_not_change_the_result(tiny_backbone, tiny_voc21_embeddings):

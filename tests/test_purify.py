@@ -146,8 +146,8 @@ def test_a_group_whose_mean_map_is_empty_gets_one_degenerate_box_and_is_kept_who
     groups = plan_ambiguity(torch.zeros(3, 4, 4), [0, 1, 2], ap_threshold=0.0, box_threshold=0.4)
     assert [g.boxes for g in groups] == [[(0, 0, 0, 0)]]
     assert groups[0].valid_boxes == [] and groups[0].has_degenerate_box
-    resolve_groups(groups, torch.zeros(0, 4), torch.eye(4)[:3], 100.0)
-    assert groups[0].winners == [0, 1, 2]
+    [resolved] = resolve_groups(groups, torch.zeros(0, 4), torch.eye(4)[:3], 100.0)
+    assert resolved.winners == [0, 1, 2]
 
 
 # ------------------------------------------------------------------ crop classifier
@@ -161,8 +161,9 @@ def test_the_crop_classifier_keeps_the_class_whose_description_matches_the_crop(
     targets = torch.eye(4)                     # class k's description embedding is e_k
     crop = _unit(0.1, 0.2, 0.9, 0.1)           # looks like class 2
     group = AmbiguityGroup(members=[1, 2], boxes=[(0, 0, 3, 3)])
-    resolve_groups([group], crop[None], targets, 100.0)
-    assert group.winners == [2]
+    [resolved] = resolve_groups([group], crop[None], targets, 100.0)
+    assert resolved.winners == [2]
+    assert group.winners == [] and group.crop_winners == []  # the planned group is left as it was
 
 
 def test_each_box_keeps_its_own_winner_and_crops_are_consumed_in_group_order():
@@ -170,16 +171,16 @@ def test_each_box_keeps_its_own_winner_and_crops_are_consumed_in_group_order():
     first = AmbiguityGroup(members=[1, 2], boxes=[(0, 0, 2, 2), (3, 3, 5, 5)])
     second = AmbiguityGroup(members=[3, 4], boxes=[(0, 0, 2, 2)])
     crops = torch.stack([_unit(0, 1, 0.2, 0, 0), _unit(0, 0.2, 1, 0, 0), _unit(0, 0, 0, 0.3, 1)])
-    resolve_groups([first, second], crops, targets, 100.0)
-    assert first.winners == [1, 2]
-    assert second.winners == [4]
+    resolved = resolve_groups([first, second], crops, targets, 100.0)
+    assert [g.winners for g in resolved] == [[1, 2], [4]]
+    assert [g.crop_winners for g in resolved] == [[1, 2], [4]]
 
 
 def test_a_degenerate_box_keeps_the_whole_group_even_next_to_a_valid_one():
     group = AmbiguityGroup(members=[1, 2], boxes=[(1, 1, 4, 3), (0, 5, 2, 5)])
     assert group.valid_boxes == [(1, 1, 4, 3)]
-    resolve_groups([group], _unit(0, 1, 0)[None], torch.eye(3), 100.0)
-    assert group.winners == [1, 2]
+    [resolved] = resolve_groups([group], _unit(0, 1, 0)[None], torch.eye(3), 100.0)
+    assert resolved.winners == [1, 2]
 
 
 def test_crop_targets_are_descriptions_where_present_and_class_names_elsewhere():
@@ -190,8 +191,8 @@ def test_crop_targets_are_descriptions_where_present_and_class_names_elsewhere()
                                  described=torch.tensor([False, True, True]), source="test")
     crop = _unit(0, 0.8, 0, 0, 0.6, 0)
     group = AmbiguityGroup(members=[1, 2], boxes=[(0, 0, 1, 1)])
-    resolve_groups([group], crop[None], embeddings.crop_targets(3), 100.0)
-    assert group.winners == [2]
+    [resolved] = resolve_groups([group], crop[None], embeddings.crop_targets(3), 100.0)
+    assert resolved.winners == [2]
     # Without class 2's description it falls back to its name (e_2), which the crop does not show.
     fallback = ClassEmbeddings(queries=names, query_class=torch.arange(3), descriptions=descriptions,
                                described=torch.tensor([False, True, False]), source="test")
