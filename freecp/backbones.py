@@ -55,4 +55,4 @@ def check_backbone(backbone: Backbone, settings: SegmentSettings) -> None:
         differences = "; ".join(f"{name.replace('_', ' ')} {have!r}, the settings ask for {want!r}"
                                 for name, have, want in wrong)
         fix = ", ".join(f"{name}={want!r}" for name, _, want in wrong)
-        raise ValueError(f"the backbone runs {differences}: load it with {fix}")
+        raise ValueError(f"the backbone runs {differences}: create it with {fix} (freecp.build.create_backbone)")

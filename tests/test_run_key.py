@@ -72,12 +72,12 @@ def test_segmenters_that_differ_only_in_variant_or_float_order_have_different_ru
 
 
 @pytest.mark.parametrize("built, asked, message", [
-    ({"variant": "gem"}, {}, "the backbone runs variant 'gem', the settings ask for 'sclip': load it with "
+    ({"variant": "gem"}, {}, "the backbone runs variant 'gem', the settings ask for 'sclip': create it with "
                              "variant='sclip'"),
     ({"protocol": "original"}, {"variant": "sclip"}, "protocol 'original', the settings ask for 'freecp'"),
     ({"variant": "gem"}, {"float_order": "reference"},
-     "variant 'gem', the settings ask for 'sclip'; float order 'fast', the settings ask for 'reference': load it "
-     "with variant='sclip', float_order='reference'"),
+     "variant 'gem', the settings ask for 'sclip'; float order 'fast', the settings ask for 'reference': create "
+     "it with variant='sclip', float_order='reference' (freecp.build.create_backbone)"),
 ])
 def test_a_backbone_that_disagrees_with_the_settings_is_refused_in_one_line(
         tiny_backbone, tiny_voc21_embeddings, built, asked, message):
